@@ -1,0 +1,31 @@
+"""The one exception family for user errors.
+
+Anything the user can fix (a bad path, an unreadable file, a missing optional package, a bundle
+made for another GPU) raises a subclass of :class:`LumbarEdgeError`. The CLI prints those as one
+line without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class LumbarEdgeError(Exception):
+    """Base class of all errors caused by input or environment, not by a bug."""
+
+
+class InputError(LumbarEdgeError):
+    """A path or argument given by the user cannot be used."""
+
+
+class DicomError(LumbarEdgeError):
+    """A DICOM file or series cannot be read or used."""
+
+
+class MissingDependencyError(LumbarEdgeError):
+    """An optional package is needed; the message names the extra that installs it."""
+
+    def __init__(self, what: str, packages: "list[str] | tuple[str, ...]", extra: str):
+        self.what = what
+        self.packages = tuple(packages)
+        self.extra = extra
+        super().__init__(
+            f"{what} needs {', '.join(self.packages)}: install it with "
+            f"`pip install 'lumbar-edge[{extra}]'`"
+        )

@@ -1,0 +1,45 @@
+"""lumbar-edge: edge inference toolkit for degenerative lumbar spine MRI grading.
+
+``training/``, ``export/`` and ``benchmarks/`` are top-level folders of the repository but are
+installed under the ``lumbar_edge`` namespace (``lumbar_edge.training`` ...) so that no package
+called ``training`` or ``export`` lands in site-packages.
+"""
+from setuptools import setup
+
+EXTRAS = {
+    "train": ["torch>=2.4", "tqdm>=4.60"],
+    "export": ["torch>=2.4", "onnx>=1.16"],
+    "trt": ["pycuda>=2024.1", "tensorrt-lean-cu13"],
+    "codecs": ["pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3", "pyjpegls>=1.2"],
+    "serve": ["pynetdicom>=2.1"],
+    "dev": ["pytest>=7"],
+}
+EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps if "tensorrt" not in dep and "pycuda" not in dep})
+
+setup(
+    name="lumbar-edge",
+    version="0.1.0",
+    description="Detect and grade degenerative lumbar spine disease on MRI, from DICOM to report, on edge GPUs and CPUs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[
+        "lumbar_edge",
+        "lumbar_edge.dicom",
+        "lumbar_edge.synth",
+        "lumbar_edge.training",
+        "lumbar_edge.export",
+        "lumbar_edge.benchmarks",
+    ],
+    package_dir={
+        "lumbar_edge": "lumbar_edge",
+        "lumbar_edge.training": "training",
+        "lumbar_edge.export": "export",
+        "lumbar_edge.benchmarks": "benchmarks",
+    },
+    package_data={"lumbar_edge": ["kernels/*.cu"]},
+    install_requires=["numpy>=1.24", "pydicom>=2.4", "click>=8.0", "onnxruntime>=1.17"],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["lumbar-edge=lumbar_edge.cli:main"]},
+    classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Medical Science Apps."],
+)
