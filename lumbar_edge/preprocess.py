@@ -1,0 +1,198 @@
+"""Preprocessing shared by training, INT8 calibration and inference.
+
+One implementation, so the three see identical pixels; its parameters are recorded in the model
+bundle's manifest (:meth:`PreprocessConfig.to_dict`).
+
+Steps, for a stack of ``C`` neighbouring slices of one series:
+1. **window**: clip to the ``low_pct``..``high_pct`` intensity percentiles of the stack and scale
+   to [0, 1]. MR intensities have no absolute unit, so a robust per-stack window is the only
+   normalisation that transfers between scanners.
+2. **letterbox resize**: keep the aspect ratio, scale the longer side to the model size with
+   bilinear interpolation (pixel centres aligned, as ``align_corners=False``), pad the rest with 0.
+3. **standardise**: ``(x - mean) / std``.
+
+Coordinates use the RSNA convention: ``x`` is the column, ``y`` the row, integer values at pixel
+centres. :class:`Letterbox` maps points between the source grid and the model input grid.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Parameters of :func:`preprocess_stack`; stored in the bundle manifest."""
+
+    height: int = 512
+    width: int = 512
+    in_channels: int = 3
+    low_pct: float = 0.5
+    high_pct: float = 99.5
+    mean: float = 0.5
+    std: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.height < 8 or self.width < 8 or self.height % 4 or self.width % 4:
+            raise InputError(f"model input size must be a multiple of 4 and at least 8, got {self.height}x{self.width}")
+        if self.in_channels < 1:
+            raise InputError(f"in_channels must be at least 1, got {self.in_channels}")
+        if not 0.0 <= self.low_pct < self.high_pct <= 100.0:
+            raise InputError(f"window percentiles must satisfy 0 <= low < high <= 100, got {self.low_pct}, {self.high_pct}")
+        if self.std <= 0:
+            raise InputError(f"std must be positive, got {self.std}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessConfig":
+        """Build from a manifest entry; raises :class:`InputError` on unknown keys."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"unknown preprocessing parameters: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """The affine map from a source pixel grid to the model input grid, per axis:
+    ``dst = (src + .5) * scale - .5 + pad``. The two scales differ only by the rounding of the
+    resized size to whole pixels, which keeping them separate makes exact."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    src_height: int
+    src_width: int
+
+    def to_model(self, x, y):
+        """Source pixel coordinates -> model input coordinates (arrays or scalars)."""
+        return ((np.asarray(x, dtype=np.float64) + 0.5) * self.scale_x - 0.5 + self.pad_x,
+                (np.asarray(y, dtype=np.float64) + 0.5) * self.scale_y - 0.5 + self.pad_y)
+
+    def to_source(self, x, y):
+        """Model input coordinates -> source pixel coordinates (arrays or scalars)."""
+        return ((np.asarray(x, dtype=np.float64) - self.pad_x + 0.5) / self.scale_x - 0.5,
+                (np.asarray(y, dtype=np.float64) - self.pad_y + 0.5) / self.scale_y - 0.5)
+
+
+def window(stack: np.ndarray, low_pct: float, high_pct: float) -> np.ndarray:
+    """Clip ``stack`` to its ``low_pct``/``high_pct`` percentiles and scale to [0, 1] (float32).
+
+    A constant stack becomes all zeros rather than dividing by zero. Non-finite values are
+    ignored when computing the percentiles and set to 0 afterwards.
+    """
+    data = np.asarray(stack, dtype=np.float32)
+    finite = np.isfinite(data)
+    if not finite.any():
+        return np.zeros_like(data)
+    values = data[finite] if not finite.all() else data
+    lo, hi = np.percentile(values, [low_pct, high_pct])
+    if hi <= lo:
+        return np.zeros_like(data)
+    out = (np.clip(data, lo, hi) - lo) / (hi - lo)
+    out[~finite] = 0.0
+    return out.astype(np.float32, copy=False)
+
+
+def _bilinear_taps(src: int, dst: int, scale: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices and weights for a 1-D bilinear resample with pixel centres aligned."""
+    pos = (np.arange(dst, dtype=np.float64) + 0.5) / scale - 0.5
+    pos = np.clip(pos, 0.0, src - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, src - 1)
+    w1 = (pos - i0).astype(np.float32)
+    return i0, i1, w1
+
+
+def resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Resize the last two axes of ``image`` to ``out_h`` x ``out_w`` (bilinear, centres aligned).
+
+    Separable: rows first, then columns. When shrinking by more than 2x, the source is first
+    box-averaged by an integer factor so that thin structures are not aliased away.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    h, w = img.shape[-2:]
+    # Scales are taken from the full source size so the map stays exact after box-averaging:
+    # reduced pixel i is centred on source pixel i * factor + (factor - 1) / 2.
+    scale_y, scale_x = out_h * 1.0 / h, out_w * 1.0 / w
+    factor = int(min(h / out_h, w / out_w) // 2)
+    if factor >= 2:
+        hh, ww = (h // factor) * factor, (w // factor) * factor
+        img = img[..., :hh, :ww].reshape(img.shape[:-2] + (hh // factor, factor, ww // factor, factor)).mean(axis=(-3, -1))
+        scale_y, scale_x = scale_y * factor, scale_x * factor
+    r0, r1, rw = _bilinear_taps(img.shape[-2], out_h, scale_y)
+    rows = img[..., r0, :] * (1.0 - rw)[:, None] + img[..., r1, :] * rw[:, None]
+    c0, c1, cw = _bilinear_taps(img.shape[-1], out_w, scale_x)
+    return (rows[..., c0] * (1.0 - cw) + rows[..., c1] * cw).astype(np.float32, copy=False)
+
+
+def letterbox(image: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, Letterbox]:
+    """Resize the last two axes of ``image`` into ``height`` x ``width`` keeping the aspect ratio.
+
+    Returns the padded image (zeros outside) and the :class:`Letterbox` that maps coordinates.
+    """
+    src_h, src_w = image.shape[-2:]
+    if src_h < 1 or src_w < 1:
+        raise InputError(f"cannot resize an empty image of shape {image.shape}")
+    scale = min(height / src_h, width / src_w)
+    new_h = max(1, min(height, int(round(src_h * scale))))
+    new_w = max(1, min(width, int(round(src_w * scale))))
+    resized = resize_bilinear(image, new_h, new_w)
+    pad_y = (height - new_h) // 2
+    pad_x = (width - new_w) // 2
+    out = np.zeros(image.shape[:-2] + (height, width), dtype=np.float32)
+    out[..., pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
+    return out, Letterbox(scale_x=new_w / src_w, scale_y=new_h / src_h, pad_x=float(pad_x), pad_y=float(pad_y),
+                          src_height=src_h, src_width=src_w)
+
+
+def channel_indices(num_slices: int, center: int, in_channels: int) -> list:
+    """The slice indices stacked as channels around ``center``, repeated at the series' ends.
+
+    ``in_channels`` neighbouring slices (odd counts are centred; even counts lean one towards
+    higher indices) so the model sees the slice of interest and its neighbours (2.5D input).
+    Raises :class:`InputError` when ``center`` is outside the series.
+    """
+    if not 0 <= center < num_slices:
+        raise InputError(f"slice index {center} is outside a series of {num_slices} slices")
+    half = (in_channels - 1) // 2
+    return [min(max(center - half + i, 0), num_slices - 1) for i in range(in_channels)]
+
+
+def preprocess_stack(slices: "np.ndarray | Sequence[np.ndarray]", config: PreprocessConfig) -> Tuple[np.ndarray, Letterbox]:
+    """Turn ``config.in_channels`` source slices [C, h, w] into one model input [C, H, W] (float32).
+
+    All slices must share one shape; raises :class:`InputError` otherwise or when the count is
+    not ``config.in_channels``.
+    """
+    if isinstance(slices, np.ndarray):
+        stack = slices
+    else:
+        shapes = {np.shape(s) for s in slices}
+        if len(shapes) != 1:
+            raise InputError(f"slices of one input must share a shape, got {sorted(shapes)}")
+        stack = np.stack([np.asarray(s, dtype=np.float32) for s in slices])
+    if stack.ndim != 3 or stack.shape[0] != config.in_channels:
+        raise InputError(f"expected {config.in_channels} slices of 2-D pixels, got an array of shape {stack.shape}")
+    windowed = window(stack, config.low_pct, config.high_pct)
+    boxed, transform = letterbox(windowed, config.height, config.width)
+    return ((boxed - config.mean) / config.std).astype(np.float32, copy=False), transform
+
+
+def preprocess_batch(stacks: Iterable[np.ndarray], config: PreprocessConfig) -> Tuple[np.ndarray, list]:
+    """Preprocess several stacks into one batch [N, C, H, W] and their letterbox transforms."""
+    images, transforms = [], []
+    for stack in stacks:
+        image, transform = preprocess_stack(stack, config)
+        images.append(image)
+        transforms.append(transform)
+    if not images:
+        raise InputError("no slices to preprocess")
+    return np.stack(images), transforms
