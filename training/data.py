@@ -174,6 +174,7 @@ def _series_samples(dataset: RsnaDataset, study_id: str, series, view: str, coor
         points = np.full((k_total, 2), np.nan, dtype=np.float32)
         present = np.zeros(k_total, dtype=bool)
         severity = np.full(k_total, -1, dtype=np.int64)
+        extra: dict = {"sides": {}}
         if positive:
             for c in usable:
                 dist = abs(index_of[c.instance_number] - centre)
@@ -189,6 +190,10 @@ def _series_samples(dataset: RsnaDataset, study_id: str, series, view: str, coor
                         continue  # a label on this very instance wins over a neighbour's
                 points[ch] = box.to_model(c.x, c.y)
                 present[ch] = True
+                if view == "sagittal_t1":
+                    extra["sides"][ch] = "left" if c.condition.startswith("left") else "right"
+                elif view == "axial_t2":
+                    extra["level"] = c.level
                 severity[ch] = study_labels.get(f"{c.condition}_{c.level}", -1)
         mask = np.zeros(k_total, dtype=np.float32)
         mask[c0:c1] = 1.0
@@ -196,7 +201,7 @@ def _series_samples(dataset: RsnaDataset, study_id: str, series, view: str, coor
         out.append(Sample(image=image, points=points, present=present, severity=severity, channel_mask=mask,
                           flip_pair=(c0, c0 + 1) if view == "axial_t2" else None, study_id=study_id, view=view,
                           series_id=series.series_id, instance_number=numbers[centre],
-                          mm_per_pixel=spacing / box.scale_x))
+                          mm_per_pixel=spacing / box.scale_x, extra=extra))
     return out
 
 
