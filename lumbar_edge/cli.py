@@ -99,6 +99,24 @@ def train(data, out_dir, val_data, val_fraction, backbone, size, epochs, batch_s
     click.echo(f"checkpoints: {out_dir / 'best.pt'} and {out_dir / 'last.pt'} ({result.seconds / 60:.1f} min)")
 
 
+@cli.command()
+@click.argument("predictions", type=click.Path(path_type=Path))
+@click.option("--labels", "labels_path", required=True, type=click.Path(path_type=Path),
+              help="train.csv-form labels: study_id + the 25 condition_level columns.")
+@click.option("--only-predicted-studies", is_flag=True,
+              help="Score only the studies that appear in PREDICTIONS (default: every labelled study must be predicted).")
+@click.option("--json", "as_json", is_flag=True, help="Print the score and its parts as JSON.")
+def evaluate(predictions: Path, labels_path: Path, only_predicted_studies: bool, as_json: bool) -> None:
+    """Score a submission-form PREDICTIONS CSV with the RSNA 2024 competition metric."""
+    from .training.metrics import format_score, jsonable, score_submission
+
+    result = score_submission(predictions, labels_path, only_predicted_studies=only_predicted_studies)
+    if as_json:
+        click.echo(json.dumps(jsonable(result), indent=2))
+    else:
+        click.echo(format_score(result))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     try:
