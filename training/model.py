@@ -439,10 +439,11 @@ def load_backbone_weights(model: LumbarNet, path: Union[str, Path], adapt_in_cha
         if have != want:
             state[stem] = state[stem].mean(dim=1, keepdim=True).repeat(1, want, 1, 1) * (have / want)
 
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    # In model (or file) order, so messages name the first layers first.
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
