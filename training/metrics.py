@@ -16,8 +16,9 @@ many public solution repositories):
 2. ``any_severe_spinal``: per study, over its spinal rows, the label is the max of the one-hot
    ``severe`` column (1 if any level is severe), the sample weight is the max of the rows' sample
    weights (so 4 for a positive, 2 for a study whose worst level is moderate, 1 otherwise), and
-   the prediction is the max of the submitted ``severe`` probabilities; then a binary
-   ``log_loss`` with those weights.
+   the prediction is the max of the submitted ``severe`` values as given (not renormalised: a
+   row that does not sum to 1 enters this term unscaled); then a binary ``log_loss`` with those
+   weights.
 3. The score is ``np.average([spinal, foraminal, subarticular, any_severe], weights=[1, 1, 1,
    any_severe_scalar])`` with ``any_severe_scalar = 1.0`` in the competition.
 
