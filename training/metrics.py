@@ -444,6 +444,8 @@ def competition_score(predictions: Mapping[str, Sequence[float]], labels: Labels
                       only_predicted_studies: bool = False, any_severe_scalar: float = 1.0) -> dict:
     """Score ``{row_id: 3 probabilities}`` against ``{study_id: {column: class}}``.
 
+    A label that is -1, None or absent from a study's dict is unlabelled (the row is dropped).
+
     Every labelled row of every scored study must be predicted. Scored studies are all studies in
     ``labels``, or with ``only_predicted_studies`` those that appear in the predictions. Returns
     :func:`rsna_score`'s dict plus ``per_condition`` (:func:`classification_report` for each of the
@@ -464,7 +466,8 @@ def competition_score(predictions: Mapping[str, Sequence[float]], labels: Labels
     row_ids, y_true, y_pred, missing_rows = [], [], [], []
     for study in studies:
         for col in LABEL_COLUMNS:
-            cls = labels[study][col]
+            cls = labels[study].get(col)
+            cls = -1 if cls is None else int(cls)  # absent column / None: unlabelled, like an empty cell
             row_id = f"{study}_{col}"
             pred = predictions.get(row_id)
             if pred is None:
@@ -509,8 +512,8 @@ def class_priors(labels: Labels) -> Dict[str, np.ndarray]:
     counts = {g: np.zeros(3) for g in CONDITION_GROUPS}
     for classes in labels.values():
         for col, cls in classes.items():
-            if cls >= 0:
-                counts[condition_group(col)][cls] += 1
+            if cls is not None and cls >= 0:
+                counts[condition_group(col)][int(cls)] += 1
     return {g: (c / c.sum() if c.sum() else np.full(3, 1 / 3)) for g, c in counts.items()}
 
 

@@ -196,6 +196,8 @@ def test_only_predicted_studies_and_missing_studies_or_rows(tmp_path):
     del preds["2_spinal_canal_stenosis_l1_l2"]
     with pytest.raises(InputError, match="1 labelled rows have no prediction: 2_spinal_canal_stenosis_l1_l2"):
         M.competition_score(preds, hand_labels_full())
+    sparse = {s: dict(HAND_LABELS[s], spinal_canal_stenosis_l3_l4=None) for s in HAND_LABELS}  # None / absent = unlabelled
+    assert M.competition_score(hand_predictions_full(), sparse)["score"] == pytest.approx(HAND_SCORE, rel=1e-12)
     preds = hand_predictions_full()
     del preds["2_spinal_canal_stenosis_l5_s1"]  # unlabelled row: not needed
     assert M.competition_score(preds, hand_labels_full())["score"] == pytest.approx(HAND_SCORE, rel=1e-12)
