@@ -218,7 +218,7 @@ class KeypointLoss(nn.Module):
     def forward(self, outputs: Sequence[torch.Tensor], targets: "KeypointTargets | Mapping[str, object]"
                 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         heatmap, offset, severity = outputs
-        t = KeypointTargets.from_mapping(targets)
+        t = KeypointTargets.from_mapping(targets).to(heatmap.device)  # no copy when already there
         k = heatmap.shape[1]
         if offset.shape[1] != 2 * k or severity.shape[1] % 3 != 0:
             raise InputError(f"outputs do not fit K={k}: offset has {offset.shape[1]} channels, "
