@@ -1,0 +1,318 @@
+"""The training loop: ``lumbar-edge train --data RSNA_DIR --out runs/NAME``.
+
+Fixed seed, AMP on CUDA, best/last checkpoints loadable with ``torch.load(weights_only=True)``
+(the config is saved beside them as JSON and inside them as plain types), resume, a progress bar
+per epoch with the losses, a wall-clock limit for CPU runs, and multi-GPU training under
+``torchrun`` (DistributedDataParallel; each rank trains on its shard of the samples, rank 0
+validates and writes).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from lumbar_edge.errors import InputError
+from lumbar_edge.labels import HeadLayout
+from lumbar_edge.preprocess import PreprocessConfig
+from lumbar_edge.progress import Progress
+
+from .augment import AugmentConfig, augment_batch
+from .data import RsnaDataset, Sample, build_samples, split_studies
+from .evaluation import evaluate_samples
+from .losses import KeypointLoss
+from .model import ModelConfig, build_model, load_backbone_weights
+from .targets import TargetConfig, collate_targets, make_targets
+
+log = logging.getLogger("lumbar_edge.training")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as ``config.json`` beside the checkpoints."""
+
+    data: str
+    out: str
+    val_data: Optional[str] = None
+    val_fraction: float = 0.2
+    views: Tuple[str, ...] = ("sagittal_t2", "sagittal_t1", "axial_t2")
+    backbone: str = "resnet18"
+    attention: bool = True
+    decoder_channels: int = 128
+    backbone_weights: Optional[str] = None
+    size: int = 256
+    in_channels: int = 3
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    heatmap_loss: str = "focal"
+    offset_loss: bool = True
+    sigma: float = 1.5
+    augment: bool = True
+    clahe_prob: float = 0.0
+    seed: int = 0
+    amp: bool = True
+    device: str = "auto"
+    time_limit_min: Optional[float] = None
+    max_studies: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["views"] = list(self.views)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise InputError(f"unknown training options in config: {', '.join(sorted(unknown))}")
+        d = dict(d)
+        if "views" in d:
+            d["views"] = tuple(d["views"])
+        return cls(**d)
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(height=self.size, width=self.size, in_channels=self.in_channels)
+
+    @property
+    def layout(self) -> HeadLayout:
+        return HeadLayout(views=tuple(self.views))
+
+    def model_config(self) -> ModelConfig:
+        layout = self.layout
+        return ModelConfig(backbone=self.backbone, in_channels=self.in_channels, num_keypoints=layout.num_keypoints,
+                           num_conditions=layout.num_conditions, attention=self.attention,
+                           decoder_channels=self.decoder_channels)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    best_epoch: int
+    best: Dict[str, float]
+    history: List[Dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def _dist_info() -> Tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def make_batch(samples: Sequence[Sample], cfg: TrainConfig, gen: Optional[torch.Generator],
+               target_cfg: TargetConfig) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Stack samples, augment (when ``gen`` is given) and build the targets at stride 4."""
+    images = torch.from_numpy(np.stack([s.image for s in samples]))
+    points = torch.from_numpy(np.stack([np.nan_to_num(s.points, nan=-1e4) for s in samples]))
+    present = torch.from_numpy(np.stack([s.present for s in samples]))
+    severity = torch.from_numpy(np.stack([s.severity for s in samples]))
+    if gen is not None and cfg.augment:
+        pre = cfg.preprocess
+        aug = AugmentConfig(clahe_prob=cfg.clahe_prob)
+        images, points, present, severity = augment_batch(images, points, present, severity,
+                                                          [s.flip_pair for s in samples], pre.mean, pre.std, aug, gen)
+    h, w = images.shape[-2] // target_cfg.stride, images.shape[-1] // target_cfg.stride
+    targets = collate_targets([
+        make_targets(points[i].numpy(), present[i].numpy(), severity[i].numpy(), samples[i].channel_mask, h, w, target_cfg)
+        for i in range(len(samples))
+    ])
+    return images.float(), {k: torch.from_numpy(v) for k, v in targets.items()}
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, epoch: int, cfg: TrainConfig,
+                    metrics: Dict[str, float], best_score: float) -> None:
+    """Write a checkpoint atomically (temp file + rename); only plain types and tensors inside."""
+    state = {
+        "format": "lumbar-edge-checkpoint/1",
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "best_score": best_score,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "train_config": cfg.to_dict(),
+        "model_config": cfg.model_config().to_dict(),
+        "layout": cfg.layout.to_dict(),
+        "preprocess": cfg.preprocess.to_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint with ``weights_only=True``; raises :class:`InputError` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a bad file
+        raise InputError(f"{path} is not a readable lumbar-edge checkpoint: {exc}".splitlines()[0]) from exc
+    if not isinstance(state, dict) or state.get("format") != "lumbar-edge-checkpoint/1":
+        raise InputError(f"{path} is not a lumbar-edge checkpoint")
+    return state
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True) -> TrainResult:
+    """Train a model as ``cfg`` says; returns the best epoch's validation figures.
+
+    Raises :class:`InputError` for unusable data or options.
+    """
+    start_time = time.perf_counter()
+    rank, world, local_rank = _dist_info()
+    distributed = world > 1
+    device = _device(cfg.device)
+    if distributed:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    is_main = rank == 0
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    out = Path(cfg.out)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", cfg.to_dict())
+
+    dataset = RsnaDataset.load(Path(cfg.data))
+    if cfg.val_data:
+        val_dataset = RsnaDataset.load(Path(cfg.val_data))
+        train_ids, val_ids = dataset.study_ids, val_dataset.study_ids
+    else:
+        val_dataset = dataset
+        train_ids, val_ids = split_studies(dataset.study_ids, cfg.val_fraction, cfg.seed)
+    if cfg.max_studies:
+        train_ids = train_ids[: cfg.max_studies]
+    layout, pre = cfg.layout, cfg.preprocess
+    train_samples = build_samples(dataset, layout, pre, train_ids, progress=progress and is_main)
+    val_samples = build_samples(val_dataset, layout, pre, val_ids, negatives=False, progress=progress and is_main) if val_ids else []
+    if is_main:
+        log.info("%d training samples from %d studies, %d validation samples from %d studies",
+                 len(train_samples), len(train_ids), len(val_samples), len(val_ids))
+
+    model = build_model(cfg.model_config())
+    if cfg.backbone_weights:
+        load_backbone_weights(model, Path(cfg.backbone_weights))
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = KeypointLoss(heatmap=cfg.heatmap_loss, offset=cfg.offset_loss, keypoint_groups=layout.keypoint_groups())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train_samples) / world / cfg.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                    pct_start=0.15)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    first_epoch, best_score, best_epoch, best_metrics = 0, math.inf, -1, {}
+    if resume is not None:
+        state = load_checkpoint(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        first_epoch = int(state["epoch"]) + 1
+        best_score = float(state["best_score"])
+        torch.set_rng_state(state["torch_rng"])
+        if is_main:
+            log.info("resumed from %s at epoch %d", resume, first_epoch)
+    train_model = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    target_cfg = TargetConfig(stride=4, sigma=cfg.sigma)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    history: List[Dict[str, float]] = []
+    stopped_early = False
+    for epoch in range(first_epoch, cfg.epochs):
+        train_model.train()
+        order = np.random.default_rng(cfg.seed + epoch).permutation(len(train_samples))[rank::world]
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        sums: Dict[str, float] = {}
+        with Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and is_main) as bar:
+            for b in batches:
+                images, targets = make_batch([train_samples[i] for i in b], cfg, gen, target_cfg)
+                images = images.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    outputs = train_model(images)
+                total, parts = loss_fn(tuple(o.float() for o in outputs), targets)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                for k, v in {"loss": total, **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                bar.update()
+                bar.set_postfix(" ".join(f"{k}={v / bar.count:.3f}" for k, v in sums.items()))
+        epoch_metrics = {f"train_{k}": v / max(1, len(batches)) for k, v in sums.items()}
+        over_time = cfg.time_limit_min is not None and (time.perf_counter() - start_time) / 60 > cfg.time_limit_min
+        if is_main:
+            if val_samples:
+                val = evaluate_samples(model, val_samples, val_dataset, device, layout,
+                                       train_labels=[dataset.labels[s] for s in train_ids if s in dataset.labels])
+                epoch_metrics.update({f"val_{k}": v for k, v in val.items()})
+                score = val["score"]
+            else:
+                score = epoch_metrics["train_loss"]
+            epoch_metrics["epoch"] = epoch
+            epoch_metrics["seconds"] = time.perf_counter() - start_time
+            history.append(epoch_metrics)
+            log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in epoch_metrics.items()))
+            if score < best_score:
+                best_score, best_epoch, best_metrics = score, epoch, dict(epoch_metrics)
+                save_checkpoint(out / "best.pt", model, optimizer, scheduler, epoch, cfg, epoch_metrics, best_score)
+            save_checkpoint(out / "last.pt", model, optimizer, scheduler, epoch, cfg, epoch_metrics, best_score)
+            _write_json(out / "history.json", history)
+        if over_time:
+            stopped_early = True
+            if is_main:
+                log.warning("stopping after epoch %d: the time limit of %.1f min is reached", epoch + 1, cfg.time_limit_min)
+            break
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    result = TrainResult(out=out, best_epoch=best_epoch, best=best_metrics, history=history,
+                         seconds=time.perf_counter() - start_time)
+    if is_main:
+        _write_json(out / "result.json", {"best_epoch": best_epoch, "best": best_metrics, "seconds": result.seconds,
+                                          "stopped_early": stopped_early})
+    return result
