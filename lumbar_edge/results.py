@@ -68,6 +68,11 @@ class StudyResult:
     timings: Dict[str, float] = field(default_factory=dict)  # stage -> seconds
     model: str = ""
     backend: str = ""
+    #: Source pixels of the slices the keypoints were read on, {(series_uid, sop_uid): 2-D float32},
+    #: kept for the overlay writer; not part of the JSON report.
+    slices: Dict[Tuple[str, str], object] = field(default_factory=dict, repr=False)
+    #: Optional per-keypoint heatmaps for overlays, {(series_uid, sop_uid): {column: 2-D map}}.
+    heatmaps: Dict[Tuple[str, str], Dict[str, object]] = field(default_factory=dict, repr=False)
 
     def finding(self, condition: str, level: str) -> Finding:
         """The finding for ``condition`` at ``level``; raises ``KeyError`` if absent."""
