@@ -117,6 +117,29 @@ def evaluate(predictions: Path, labels_path: Path, only_predicted_studies: bool,
         click.echo(format_score(result))
 
 
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--model", required=True, type=click.Path(path_type=Path), help="Model bundle folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (not inside PATH).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "torch", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Model precision (default: the best the backend runs).")
+@click.option("--batch-size", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--no-overlays", is_flag=True, help="Skip the PNG overlays.")
+@click.option("--heatmaps", is_flag=True, help="Blend the heatmaps into the overlays.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.pass_context
+def infer(ctx, path, model, out_dir, backend, precision, batch_size, no_overlays, heatmaps, quiet) -> None:
+    """Grade every study under PATH (a study folder or a root of many) with the bundle MODEL."""
+    from .infer import run_infer
+
+    summary = run_infer(path, model, out_dir, backend=backend, precision=precision, batch_size=batch_size,
+                        overlays=not no_overlays, heatmaps=heatmaps, progress=not quiet, echo=click.echo)
+    click.echo(summary.describe())
+    if not summary.ok:
+        ctx.exit(1)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     try:
