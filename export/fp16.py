@@ -104,7 +104,9 @@ def convert_to_fp16(src: Union[str, Path, onnx.ModelProto], dst: Union[str, Path
 
     # 1. Decide each node's precision and each float tensor's produced precision.
     node_fp16 = [not blocked(n) for n in graph.node]
-    blocked_names = [n.name for n, fp16 in zip(graph.node, node_fp16) if not fp16]
+    # Only the nodes that compute on float tensors (not shape arithmetic) are worth reporting.
+    blocked_names = [n.name for n, fp16 in zip(graph.node, node_fp16)
+                     if not fp16 and any(o in floats for o in n.output)]
     produced: Dict[str, int] = {}  # tensor -> TensorProto elem type it is produced with
     for inp in graph.input:
         produced[inp.name] = inp.type.tensor_type.elem_type

@@ -1,0 +1,212 @@
+"""``lumbar-edge export``: checkpoint -> checked ONNX models (FP32 + FP16/INT8) -> bundle folder.
+
+:func:`export_bundle` runs every step and writes the bundle atomically: FP32 export with the
+PyTorch parity check, FP16 conversion, INT8 calibration and the Q/DQ check, the comparison of each
+reduced precision against FP32 (output deltas on the parity inputs, and the competition score and
+localisation on a validation folder when one is given), then the manifest.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from lumbar_edge.bundle import MODEL_FILES, PRECISIONS, Bundle
+
+from .errors import ExportError
+from .onnx_export import DEFAULT_OPSET, FP32_TOLERANCES, export_checkpoint, opset_of, synthetic_batch
+
+log = logging.getLogger("lumbar_edge.export")
+
+#: Parity inputs taken from validation or calibration data (enough to exercise every head).
+PARITY_SLICES = 8
+
+
+@dataclass
+class ExportSummary:
+    """What :func:`export_bundle` wrote and measured."""
+
+    bundle: Bundle
+    parity: dict
+    models: List[dict] = field(default_factory=list)
+    validation: Dict[str, dict] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """Lines for the CLI: files written, parity, and the accuracy of each precision vs FP32."""
+        lines = [f"bundle {self.bundle.root} ({self.bundle.name})"]
+        for entry in self.models:
+            line = f"  {entry['precision']}: {entry['file']} (opset {entry['opset']})"
+            if entry["precision"] == "fp32":
+                p = entry["parity"]
+                src = "synthetic inputs" if p["synthetic_inputs"] else "preprocessed slices"
+                line += f"; parity vs PyTorch on {p['num_inputs']} {src}: " + ", ".join(
+                    f"{k} {v:.2e}" for k, v in p["max_abs"].items())
+            else:
+                acc = entry.get("accuracy_vs_fp32", {})
+                out = acc.get("outputs", {})
+                if out:
+                    line += "; vs FP32 max|diff| " + ", ".join(f"{k} {v:.3g}" for k, v in out["max_abs"].items())
+                    line += f", peak agreement {out['peak_agreement']:.1%}"
+                deltas = acc.get("deltas")
+                if deltas:
+                    line += "; validation deltas " + ", ".join(f"{k} {v:+.4f}" for k, v in deltas.items())
+                if entry.get("calibration"):
+                    cal = entry["calibration"]
+                    line += f"; calibrated ({cal['method']}) on {cal['num_slices']} slices"
+                if entry.get("qdq_check"):
+                    q = entry["qdq_check"]
+                    line += (f"; Q/DQ check {'ok' if q['ok'] else 'FAILED'} ({q['weights_per_channel']} per-channel "
+                             f"weights, {q['activations_per_tensor']} per-tensor activations)")
+            lines.append(line)
+        for precision, metrics in self.validation.items():
+            figures = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("score", "loc_px_median", "severity_acc") if k in metrics)
+            lines.append(f"  validation {precision}: {figures}")
+        return "\n".join(lines)
+
+
+def _class_priors(paths: Sequence[Optional[Union[str, Path]]]):
+    """Class priors from the first readable RSNA folder's train.csv, with its path (or None, None)."""
+    from lumbar_edge.errors import InputError
+    from lumbar_edge.training.data import RsnaDataset
+    from lumbar_edge.training.evaluation import class_priors
+
+    for path in paths:
+        if path and (Path(path) / "train.csv").is_file():
+            try:
+                dataset = RsnaDataset.load(Path(path))
+            except InputError as exc:
+                log.warning("class priors: %s is not usable (%s)", path, exc)
+                continue
+            priors = class_priors(list(dataset.labels.values()))
+            return {k: [float(x) for x in v] for k, v in priors.items()}, str(path)
+    return None, None
+
+
+def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precisions: Sequence[str] = ("fp32",), *,
+                  calib: Optional[Union[str, Path]] = None, calib_inputs: Optional[np.ndarray] = None,
+                  calib_slices: int = 256, calib_method: str = "minmax", val: Optional[Union[str, Path]] = None,
+                  parity_inputs: Optional[np.ndarray] = None, opset: int = DEFAULT_OPSET, name: Optional[str] = None,
+                  overwrite: bool = False, progress: bool = True) -> ExportSummary:
+    """Export ``checkpoint`` to the bundle folder ``out`` with the given precisions (FP32 always).
+
+    ``calib`` (an RSNA-layout folder) or ``calib_inputs`` (preprocessed [N, C, H, W]) is needed
+    for INT8; ``calib_slices`` caps the slices used. ``val`` (an RSNA-layout folder) adds the
+    validation score/localisation of every precision and its delta against FP32. Parity inputs
+    are ``parity_inputs``, else the first validation or calibration slices, else synthetic.
+
+    Raises :class:`ExportError` for an unknown precision, INT8 without calibration data, an
+    existing bundle without ``overwrite``, and any failed check (parity, checker, Q/DQ);
+    :class:`~lumbar_edge.errors.InputError` for an unreadable checkpoint or dataset folder.
+    """
+    from lumbar_edge.training.data import RsnaDataset, build_samples
+
+    from .accuracy import accuracy_deltas, evaluate_onnx, output_deltas
+    from .bundle_writer import build_manifest, write_bundle
+    from .fp16 import convert_to_fp16
+    from .int8 import calibration_inputs_from_folder, check_qdq, quantize_int8
+    from .onnx_export import load_checkpoint_model
+
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise ExportError(f"unknown precision {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    wanted = [p for p in PRECISIONS if p == "fp32" or p in precisions]
+    if "int8" in wanted and calib is None and calib_inputs is None:
+        raise ExportError("INT8 needs calibration slices: pass --calib RSNA_DIR (a folder of the training data layout)")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ExportError(f"{out} already exists; pass --overwrite to replace the bundle")
+    if calib_slices < 1:
+        raise ExportError(f"--calib-slices must be at least 1, got {calib_slices}")
+
+    from lumbar_edge.labels import HeadLayout
+    from lumbar_edge.preprocess import PreprocessConfig
+
+    _, state = load_checkpoint_model(checkpoint)
+    pre = PreprocessConfig.from_dict(state["preprocess"])
+    layout = HeadLayout.from_dict(state["layout"])
+    groups = layout.keypoint_groups()
+    name = name or (Path(checkpoint).resolve().parent.name if Path(checkpoint).parent.name else out.name)
+
+    val_samples, val_dataset = None, None
+    if val is not None:
+        val_dataset = RsnaDataset.load(Path(val))
+        val_samples = build_samples(val_dataset, layout, pre, negatives=False, progress=progress)
+    if "int8" in wanted and calib_inputs is None:
+        calib_inputs = calibration_inputs_from_folder(calib, pre, layout, max_slices=calib_slices, progress=progress)
+    if parity_inputs is None:
+        if val_samples:
+            parity_inputs = np.stack([s.image for s in val_samples[:PARITY_SLICES]])
+        elif calib_inputs is not None:
+            parity_inputs = np.asarray(calib_inputs[:PARITY_SLICES], dtype=np.float32)
+
+    models: List[dict] = []
+    validation: Dict[str, dict] = {}
+    files: Dict[str, Path] = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.work-", dir=out.parent) as work_dir:
+        work = Path(work_dir)
+        fp32_path = work / MODEL_FILES["fp32"]
+        exported = export_checkpoint(checkpoint, fp32_path, opset=opset, inputs=parity_inputs,
+                                     tolerances=FP32_TOLERANCES, model_name=name)
+        compare_inputs = (parity_inputs if parity_inputs is not None
+                          else synthetic_batch(pre.in_channels, pre.height, pre.width, n=2))
+        files[MODEL_FILES["fp32"]] = fp32_path
+        models.append({"precision": "fp32", "file": MODEL_FILES["fp32"], "opset": opset,
+                       "parity": exported.parity.to_dict()})
+        if val_samples:
+            validation["fp32"] = evaluate_onnx(fp32_path, val_samples, val_dataset, layout, progress=progress,
+                                               label="validating fp32")
+
+        for precision in wanted[1:]:
+            path = work / MODEL_FILES[precision]
+            entry: Dict[str, object] = {"precision": precision, "file": MODEL_FILES[precision]}
+            if precision == "fp16":
+                report = convert_to_fp16(fp32_path, path)
+                entry["conversion"] = report.to_dict()
+                entry["io_dtype"] = "float32"
+            else:
+                report = quantize_int8(fp32_path, path, calib_inputs, method=calib_method, max_slices=calib_slices,
+                                       source=str(calib) if calib is not None else "arrays", progress=progress)
+                qdq = check_qdq(path)
+                if not qdq.ok:
+                    raise ExportError(f"the INT8 model breaks TensorRT's Q/DQ rules: {qdq.problems[0]}")
+                entry["calibration"] = report.to_dict()
+                entry["qdq_check"] = qdq.to_dict()
+            entry["opset"] = opset_of(onnx.load(str(path), load_external_data=False))
+            accuracy: Dict[str, object] = {"outputs": output_deltas(fp32_path, path, compare_inputs, groups=groups,
+                                                                     stride=4),
+                                           "outputs_on": ("synthetic inputs" if exported.parity.synthetic_inputs
+                                                          else "preprocessed slices")}
+            if val_samples:
+                metrics = evaluate_onnx(path, val_samples, val_dataset, layout, progress=progress,
+                                        label=f"validating {precision}")
+                validation[precision] = metrics
+                accuracy["validation"] = metrics
+                accuracy["deltas"] = accuracy_deltas(validation["fp32"], metrics)
+                accuracy["validation_source"] = str(val)
+                accuracy["validation_slices"] = len(val_samples)
+            entry["accuracy_vs_fp32"] = accuracy
+            files[MODEL_FILES[precision]] = path
+            models.append(entry)
+        if val_samples:
+            models[0]["validation"] = validation["fp32"]
+
+        train_cfg = dict(state.get("train_config") or {})
+        priors, priors_source = _class_priors([train_cfg.get("data"), val, calib])
+        training = {"checkpoint": str(checkpoint), "epoch": state.get("epoch"), "best_score": state.get("best_score"),
+                    "metrics": state.get("metrics", {}), "train_config": train_cfg}
+        if priors_source:
+            training["class_priors_source"] = priors_source
+        manifest = build_manifest(name, pre, layout, state["model_config"], models, training=training,
+                                  class_priors=priors)
+        bundle = write_bundle(out, manifest, files, overwrite=overwrite)
+    return ExportSummary(bundle=bundle, parity=exported.parity.to_dict(), models=bundle.manifest["models"],
+                         validation=validation)
+
+
+__all__ = ["export_bundle", "ExportSummary"]
