@@ -140,6 +140,31 @@ def infer(ctx, path, model, out_dir, backend, precision, batch_size, no_overlays
         ctx.exit(1)
 
 
+@cli.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Training checkpoint (best.pt).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              default=("fp32",), show_default=True, help="Repeatable; FP32 (the reference) is always included.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle folder to write.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None, help="RSNA-layout folder for INT8 calibration.")
+@click.option("--calib-slices", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--val", type=click.Path(path_type=Path), default=None,
+              help="RSNA-layout folder: score every precision and record its delta against FP32.")
+@click.option("--opset", type=click.IntRange(17), default=17, show_default=True)
+@click.option("--name", default=None, help="Model name in the manifest (default: the run folder's name).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def export_cmd(checkpoint, precisions, out_dir, calib, calib_slices, calib_method, val, opset, name, overwrite,
+               quiet) -> None:
+    """Export a checkpoint to a model bundle: checked ONNX (FP32) plus FP16 / INT8 (Q/DQ) variants."""
+    from .export.build import export_bundle
+
+    summary = export_bundle(checkpoint, out_dir, precisions, calib=calib, calib_slices=calib_slices,
+                            calib_method=calib_method, val=val, opset=opset, name=name, overwrite=overwrite,
+                            progress=not quiet)
+    click.echo(summary.describe())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     try:
