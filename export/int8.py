@@ -201,6 +201,8 @@ def quantize_int8(fp32_path: Union[str, Path], dst: Union[str, Path], calibratio
         except ExportError:
             raise
         except Exception as exc:  # the quantizer raises ValueError/RuntimeError/ORT failures
+            if reader.count == 0:
+                raise ExportError("no calibration slices were given") from exc
             raise ExportError(f"INT8 quantization failed: {str(exc).splitlines()[0]}") from exc
         if reader.count == 0:
             raise ExportError("no calibration slices were given")
