@@ -1,0 +1,162 @@
+"""ONNX Runtime backend: the CPU default, and how CI tests the runtime.
+
+The package is called ``ort`` rather than ``onnxruntime`` so that nobody reading
+``backends/onnxruntime`` mistakes it for the real package; its registry name is still
+``onnxruntime``. ``onnxruntime`` itself is imported only in :meth:`OrtEngine._activate`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ...errors import InputError
+from ..base import OUTPUT_NAMES, Engine, EngineError, _dims
+
+#: Precisions in the order this backend prefers them when the caller names none. FP32 first:
+#: on the CPU it is the reference and at least as fast as FP16, which ORT's CPU provider
+#: emulates; INT8 (Q/DQ) is used only when the bundle has nothing else or it is asked for.
+PREFERRED_PRECISIONS: Tuple[str, ...] = ("fp32", "int8", "fp16")
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask in containers), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux: no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
+def _ort_errors(ort) -> Tuple[type, ...]:
+    """The exception types ONNX Runtime raises for bad models and failed runs.
+
+    Its pybind errors (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile...) derive from plain
+    ``Exception``, so they are collected from the module rather than caught broadly.
+    """
+    errors: List[type] = [RuntimeError, ValueError, OSError]
+    state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
+    if state is not None:
+        errors.extend(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+    return tuple(errors)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class OrtEngine(Engine):
+    """Runs an ONNX model with ONNX Runtime.
+
+    ``threads``: intra-op threads (default: the CPUs this process may use). ``providers``:
+    execution providers in priority order (default ``["CPUExecutionProvider"]``); each must be
+    available in the installed onnxruntime. Graph optimisations are all on. Input and output
+    names and shapes are read from the model on :meth:`activate`; the model must have one float
+    input ``[N, C, H, W]`` and float outputs named ``heatmap``, ``offset`` and ``severity``.
+    """
+
+    name = "onnxruntime"
+    DEPENDENCIES = (("onnxruntime", "onnxruntime"),)
+    # onnxruntime is in install_requires; the plain install brings it back.
+    EXTRA = "all"
+
+    def __init__(self, model_path: Union[str, Path], *, threads: Optional[int] = None,
+                 providers: Optional[Sequence[str]] = None, max_batch: int = 64, precision: str = "fp32",
+                 num_keypoints: Optional[int] = None, num_conditions: Optional[int] = None):
+        super().__init__(precision=precision, max_batch=max_batch, num_keypoints=num_keypoints,
+                         num_conditions=num_conditions)
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise InputError(f"threads must be a positive integer, got {threads!r}")
+        if providers is not None and (isinstance(providers, str) or not providers):
+            raise InputError(f"providers must be a non-empty list of execution provider names, got {providers!r}")
+        self.model_path = Path(model_path)
+        self.threads = threads if threads is not None else _cpu_count()
+        self.providers: List[str] = list(providers) if providers is not None else ["CPUExecutionProvider"]
+        self.input_name: Optional[str] = None
+        self._session = None
+        self._errors: Tuple[type, ...] = ()
+
+    @classmethod
+    def from_bundle(cls, bundle, precision: Optional[str] = None, *, threads: Optional[int] = None,
+                    providers: Optional[Sequence[str]] = None, max_batch: int = 64) -> "OrtEngine":
+        """An engine for ``bundle``'s ONNX model of ``precision`` (default: the first of
+        :data:`PREFERRED_PRECISIONS` the bundle has). Raises the bundle's ``BundleError`` when it
+        has no model of that precision."""
+        if precision is None:
+            available = bundle.precisions
+            precision = next((p for p in PREFERRED_PRECISIONS if p in available), available[0])
+        layout = bundle.layout
+        return cls(bundle.model_path(precision), threads=threads, providers=providers, max_batch=max_batch,
+                   precision=precision, num_keypoints=layout.num_keypoints, num_conditions=layout.num_conditions)
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        if not self.model_path.is_file():
+            raise InputError(f"no ONNX model at {self.model_path}")
+        unknown = [p for p in self.providers if p not in ort.get_available_providers()]
+        if unknown:
+            raise EngineError(f"onnxruntime {ort.__version__} has no {', '.join(unknown)}; available: "
+                              f"{', '.join(ort.get_available_providers())}")
+        self._errors = _ort_errors(ort)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads
+        # One model runs at a time; parallelism is within each operator.
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only: ORT's warnings are not actionable for users
+        try:
+            session = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
+        except self._errors as exc:
+            raise EngineError(f"onnxruntime cannot load {self.model_path.name}: {_first_line(exc)}") from exc
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise EngineError(f"{self.model_path.name} has {len(inputs)} inputs; the model contract has one "
+                              f"([N, C, H, W] image)")
+        spec = inputs[0]
+        if spec.type != "tensor(float)" or len(spec.shape) != 4:
+            raise EngineError(f"{self.model_path.name}: input {spec.name!r} is {spec.type} {spec.shape}; "
+                              f"expected a float32 [N, C, H, W] tensor")
+        outputs = {o.name: o for o in session.get_outputs()}
+        missing = [n for n in OUTPUT_NAMES if n not in outputs]
+        if missing:
+            raise EngineError(f"{self.model_path.name} has no {', '.join(missing)} output "
+                              f"(it has {', '.join(outputs)}); the model contract names heatmap, offset, severity")
+        wrong = [f"{n} is {outputs[n].type}" for n in OUTPUT_NAMES if outputs[n].type != "tensor(float)"]
+        if wrong:
+            raise EngineError(f"{self.model_path.name}: outputs must be float32 tensors ({'; '.join(wrong)})")
+        self.input_name = spec.name
+        self.input_shape = _dims(spec.shape)
+        if self.input_shape[0] is not None and self.input_shape[0] > self.max_batch:
+            raise EngineError(f"{self.model_path.name} has a fixed batch of {self.input_shape[0]}, above "
+                              f"max_batch {self.max_batch}")
+        self._session = session
+
+    def _infer(self, images: np.ndarray) -> Mapping[str, np.ndarray]:
+        try:
+            values = self._session.run(list(OUTPUT_NAMES), {self.input_name: images})
+        except self._errors as exc:
+            raise EngineError(f"onnxruntime failed on a batch of {list(images.shape)} "
+                              f"({self.model_path.name}): {_first_line(exc)}") from exc
+        return dict(zip(OUTPUT_NAMES, values))
+
+    def _deactivate(self) -> None:
+        # Dropping the last reference frees the session's arena and threads.
+        self._session = None
+
+    @property
+    def active_providers(self) -> List[str]:
+        """The providers the session actually uses (after ORT's fallbacks); empty when inactive."""
+        return list(self._session.get_providers()) if self._session is not None else []
+
+    def describe(self) -> Dict[str, object]:
+        """Settings for logs and benchmark records."""
+        return {"backend": self.name, "precision": self.precision, "model": str(self.model_path),
+                "threads": self.threads, "providers": self.active_providers or self.providers,
+                "max_batch": self.max_batch, "input_shape": list(self.input_shape)}
+
+
+__all__ = ["OrtEngine", "PREFERRED_PRECISIONS"]
