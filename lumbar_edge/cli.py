@@ -165,6 +165,20 @@ def export_cmd(checkpoint, precisions, out_dir, calib, calib_slices, calib_metho
     click.echo(summary.describe())
 
 
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
+              help="Folder for the data, run, bundle and results (must be new or empty).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def demo(out_dir: Path, quiet: bool) -> None:
+    """Synthesise studies, train briefly, export, infer: the whole job on built-in data (CPU, < 10 min)."""
+    import logging
+
+    from .demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    run_demo(out_dir, progress=not quiet, echo=click.echo)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     try:
