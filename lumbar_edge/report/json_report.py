@@ -1,0 +1,42 @@
+"""The per-study JSON report: ``{study_id}.json``, the schema of :meth:`StudyResult.to_dict`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Union
+
+from ..results import StudyResult
+from ._io import ReportError, atomic_write_bytes, safe_name
+
+
+def study_json_name(study_id: object) -> str:
+    """The report's file name for ``study_id`` (made safe for any file system)."""
+    return f"{safe_name(study_id)}.json"
+
+
+def write_study_json(result: StudyResult, out_dir: Union[str, Path]) -> Path:
+    """Write ``result`` as ``out_dir/{study_id}.json`` (atomically; the folder is created).
+
+    The document is ``result.to_dict()``: schema name and version, the not-for-clinical-use
+    disclaimer, the 25 findings with probabilities and keypoints, warnings and timings. Strict
+    JSON: raises :class:`ReportError` when the result holds NaN or infinite numbers, and
+    ``OSError`` when the file cannot be written.
+    """
+    doc = result.to_dict()
+    try:
+        text = json.dumps(doc, indent=2, allow_nan=False)
+    except ValueError as exc:
+        raise ReportError(f"study {result.study_id}: the report holds a non-finite number ({exc})") from exc
+    return atomic_write_bytes(Path(out_dir) / study_json_name(result.study_id), (text + "\n").encode("utf-8"))
+
+
+def read_study_json(path: Union[str, Path]) -> dict:
+    """Read a report written by :func:`write_study_json`; raises :class:`ReportError` when the
+    file is not JSON or not a lumbar-edge study report, ``OSError`` when it cannot be read."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path} is not a JSON report ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("schema") != "lumbar-edge/study-report":
+        raise ReportError(f"{path} is not a lumbar-edge study report")
+    return doc
