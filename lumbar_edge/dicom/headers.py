@@ -1,0 +1,294 @@
+"""Read the header of one file cheaply: the few tags the scan needs, no pixel data.
+
+:func:`read_header` is what the scan runs in parallel. It never raises for bad input: it returns
+either a :class:`HeaderRecord` (plain values, cheap to pickle between processes) or a
+``(category, reason)`` pair saying why the file is skipped. It opens files read-only and never
+writes anything.
+"""
+from __future__ import annotations
+
+import math
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple, Union
+
+#: The tags a scan reads (keywords). SpecificCharacterSet is always read by pydicom.
+HEADER_KEYWORDS: Tuple[str, ...] = (
+    "ImageType", "SOPClassUID", "SOPInstanceUID", "StudyDate", "Modality", "StudyDescription",
+    "SeriesDescription", "PatientID", "ScanningSequence", "SequenceVariant", "ScanOptions",
+    "SliceThickness", "RepetitionTime", "EchoTime", "InversionTime", "SpacingBetweenSlices",
+    "SequenceName", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "InstanceNumber",
+    "ImagePositionPatient", "ImageOrientationPatient", "SamplesPerPixel", "PhotometricInterpretation",
+    "NumberOfFrames", "Rows", "Columns", "PixelSpacing", "BitsAllocated", "BitsStored", "PixelRepresentation",
+    "RescaleIntercept", "RescaleSlope",
+)
+
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_PIXEL_DATA = 0x7FE00010
+_VR_32BIT_LENGTH = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+#: Why a file is skipped: (category, one-line reason).
+Skip = Tuple[str, str]
+
+
+@dataclass(frozen=True)
+class HeaderRecord:
+    """The header values of one image file, as plain Python values."""
+
+    path: str
+    transfer_syntax_uid: str
+    sop_class_uid: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    series_number: Optional[int]
+    instance_number: Optional[int]
+    rows: int
+    columns: int
+    position: Optional[Tuple[float, float, float]]
+    orientation: Optional[Tuple[float, ...]]
+    pixel_spacing: Optional[Tuple[float, float]]
+    photometric: str
+    bits_stored: int
+    pixel_representation: int
+    rescale_slope: float
+    rescale_intercept: float
+    modality: str
+    series_description: str
+    study_description: str
+    patient_id: str
+    study_date: str
+    image_type: Tuple[str, ...]
+    repetition_time: Optional[float]
+    echo_time: Optional[float]
+    inversion_time: Optional[float]
+    scanning_sequence: Tuple[str, ...]
+    sequence_variant: Tuple[str, ...]
+    scan_options: Tuple[str, ...]
+    sequence_name: str
+    spacing_between_slices: Optional[float]
+    slice_thickness: Optional[float]
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        """DICOM-keyword access for classification (``SequenceInfo.from_mapping``)."""
+        return {
+            "RepetitionTime": self.repetition_time, "EchoTime": self.echo_time,
+            "InversionTime": self.inversion_time, "ScanningSequence": self.scanning_sequence,
+            "SequenceVariant": self.sequence_variant, "ScanOptions": self.scan_options,
+            "SequenceName": self.sequence_name, "ImageType": self.image_type,
+            "SeriesDescription": self.series_description,
+        }.get(keyword, default)
+
+
+def read_header(path: str) -> Union[HeaderRecord, Skip]:
+    """Read the scan tags of the file at ``path``; a HeaderRecord, or (category, reason) when
+    the file cannot be used. Never raises for bad files (only for bugs)."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        st = os.stat(path)  # follows a symbolic link to what it points at
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "unreadable", "broken symbolic link"
+        return "unreadable", "file vanished during the scan"
+    except OSError as exc:
+        return "unreadable", f"cannot stat: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        # Opening a FIFO would block until a writer appears; devices and sockets are not files.
+        return "not_regular", f"not a regular file ({_file_type(st.st_mode)})"
+    if st.st_size == 0:
+        return "not_dicom", "empty file"
+    try:
+        with open(path, "rb") as fp:
+            ds = dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
+            ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if getattr(ds, "file_meta", None) else ""
+            if ts == _DEFLATED:
+                pixel = _deflated_pixel_check(path)
+            else:
+                pixel = _pixel_element_check(fp, ds, st.st_size)
+    except InvalidDicomError as exc:
+        return "not_dicom", f"not a DICOM file ({_first_line(exc)})"
+    except PermissionError:
+        return "unreadable", "permission denied"
+    except IsADirectoryError:
+        return "not_regular", "is a folder"
+    except OSError as exc:
+        return "unreadable", f"cannot read: {exc.strerror or exc}"
+    except (EOFError, struct.error) as exc:
+        return "truncated", f"truncated or corrupt header ({_first_line(exc) or type(exc).__name__})"
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input; any is a skip
+        return "corrupt", f"unreadable DICOM header ({type(exc).__name__}: {_first_line(exc)})"
+    try:
+        return _record(path, ds, ts, pixel)
+    except Exception as exc:  # noqa: BLE001 - values are converted lazily; malformed ones raise anything
+        return "corrupt", f"malformed header value ({type(exc).__name__}: {_first_line(exc)})"
+
+
+def _record(path: str, ds, ts: str, pixel: Optional[Skip]) -> Union[HeaderRecord, Skip]:
+    media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "")) if getattr(ds, "file_meta", None) else ""
+    sop_class = str(ds.get("SOPClassUID", "") or media_class)
+    if media_class == _MEDIA_STORAGE_DIRECTORY or sop_class == _MEDIA_STORAGE_DIRECTORY:
+        return "no_pixel_data", "a DICOMDIR (media index), not an image"
+    rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
+    if not rows or not cols:
+        return "no_pixel_data", f"not an image: {_sop_name(sop_class)} without Rows/Columns"
+    if pixel is not None:
+        return pixel
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        if not str(ds.get(keyword, "") or "").strip():
+            return "missing_uid", f"no {keyword}"
+    frames = _int(ds.get("NumberOfFrames")) or 1
+    if frames > 1:
+        return "unsupported", f"multi-frame image ({frames} frames) is not supported"
+    samples = _int(ds.get("SamplesPerPixel")) or 1
+    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return "unsupported", f"not a greyscale image ({photometric}, {samples} samples per pixel)"
+    if ts and _is_video(ts):
+        return "unsupported", f"video transfer syntax {_sop_name(ts)} is not supported"
+    bits_allocated = _int(ds.get("BitsAllocated")) or 16
+    return HeaderRecord(
+        path=path, transfer_syntax_uid=ts, sop_class_uid=sop_class,
+        sop_uid=str(ds.SOPInstanceUID).strip(), study_uid=str(ds.StudyInstanceUID).strip(),
+        series_uid=str(ds.SeriesInstanceUID).strip(),
+        series_number=_int(ds.get("SeriesNumber")), instance_number=_int(ds.get("InstanceNumber")),
+        rows=rows, columns=cols,
+        position=_floats(ds.get("ImagePositionPatient"), 3), orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+        pixel_spacing=_floats(ds.get("PixelSpacing"), 2), photometric=photometric,
+        bits_stored=_int(ds.get("BitsStored")) or bits_allocated,
+        pixel_representation=_int(ds.get("PixelRepresentation")) or 0,
+        rescale_slope=_float(ds.get("RescaleSlope"), 1.0) or 1.0,
+        rescale_intercept=_float(ds.get("RescaleIntercept"), 0.0),
+        modality=_text(ds.get("Modality")), series_description=_text(ds.get("SeriesDescription")),
+        study_description=_text(ds.get("StudyDescription")), patient_id=_text(ds.get("PatientID")),
+        study_date=_text(ds.get("StudyDate")), image_type=_codes(ds.get("ImageType")),
+        repetition_time=_float(ds.get("RepetitionTime")), echo_time=_float(ds.get("EchoTime")),
+        inversion_time=_float(ds.get("InversionTime")), scanning_sequence=_codes(ds.get("ScanningSequence")),
+        sequence_variant=_codes(ds.get("SequenceVariant")), scan_options=_codes(ds.get("ScanOptions")),
+        sequence_name=_text(ds.get("SequenceName")), spacing_between_slices=_float(ds.get("SpacingBetweenSlices")),
+        slice_thickness=_float(ds.get("SliceThickness")),
+    )
+
+
+def _pixel_element_check(fp, ds, size: int) -> Optional[Skip]:
+    """None when a pixel data element follows the header and fits in the file, else a skip.
+
+    ``dcmread(stop_before_pixels=True)`` leaves the file positioned at the element that stopped
+    it, so reading that element's tag and length here costs one small read, not the pixels.
+    """
+    where = fp.tell()
+    if where > size:
+        return "truncated", f"truncated: the header runs {where - size} bytes past the end of the file"
+    head = fp.read(12)
+    if len(head) < 8:
+        return "no_pixel_data", "no pixel data"
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        implicit, little = False, True
+    end = "<" if little else ">"
+    group, elem = struct.unpack(end + "HH", head[:4])
+    tag = group << 16 | elem
+    if tag != _PIXEL_DATA:
+        return "unsupported", f"float pixel data ({group:04X},{elem:04X}) is not supported"
+    if implicit:
+        length, header = struct.unpack(end + "L", head[4:8])[0], 8
+    elif head[4:6] in _VR_32BIT_LENGTH:
+        if len(head) < 12:
+            return "truncated", "truncated inside the pixel data element"
+        length, header = struct.unpack(end + "L", head[8:12])[0], 12
+    else:
+        length, header = struct.unpack(end + "H", head[6:8])[0], 8
+    if length == 0:
+        return "no_pixel_data", "empty pixel data"
+    if length == 0xFFFFFFFF:  # encapsulated (compressed) frames: checked when decoded
+        return None
+    missing = where + header + length - size
+    if missing > 0:
+        return "truncated", f"truncated: pixel data is {length} bytes, the file ends {missing} bytes short"
+    return None
+
+
+def _deflated_pixel_check(path: str) -> Optional[Skip]:
+    """The pixel check for a deflated file, which pydicom inflates whole: read it again keeping
+    only the pixel data element, deferred (deflate is rare enough not to need a faster path)."""
+    from pydicom import dcmread
+
+    ds = dcmread(path, specific_tags=["PixelData"], defer_size=64)
+    if "PixelData" not in ds:
+        return "no_pixel_data", "no pixel data"
+    return None
+
+
+def _is_video(ts: str) -> bool:
+    # MPEG2, MPEG-4 AVC/H.264 and HEVC/H.265 syntaxes (PS3.5 Table A-1).
+    return ts.startswith(("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.4.11"))
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _sop_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name if uid else ""
+    return name if name and name != uid else (uid or "unknown SOP class")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else ""
+
+
+def _int(value: Any) -> Optional[int]:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None
+    try:
+        return int(float(value)) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _float(value: Any, default: Optional[float] = None) -> Optional[float]:
+    if value is None or value == "":
+        return default
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
+
+
+def _floats(value: Any, count: int) -> Optional[Tuple[float, ...]]:
+    if value is None or value == "":
+        return None
+    try:
+        values = tuple(float(v) for v in (value if not isinstance(value, (str, bytes)) else [value]))
+    except (TypeError, ValueError):
+        return None
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        return None
+    return values
+
+
+def _codes(value: Any) -> Tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    parts = [value] if isinstance(value, str) else list(value)
+    return tuple(str(p).strip().upper() for p in parts if str(p).strip())
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()

@@ -1,0 +1,108 @@
+"""Pixel decoding of one instance, on request: float32, rescaled, MONOCHROME1 inverted.
+
+Native syntaxes (implicit/explicit little endian, big endian, deflated) and RLE are decoded by
+pydicom itself; JPEG, JPEG-LS and JPEG 2000 need a pydicom decoder plugin (pylibjpeg with its
+libjpeg/openjpeg plugins, pyjpegls), installed by the ``codecs`` extra. Whether a plugin is there
+is asked of pydicom's decoder registry (``pydicom.pixels.get_decoder(uid).is_available``) before
+the file is read, so a missing codec is a clear MissingDependencyError, not a decoding failure.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..errors import DicomError, MissingDependencyError
+
+#: Packages of the ``codecs`` extra that decode each compressed family (PS3.5 Table A-1 UIDs).
+_CODEC_PACKAGES = {
+    "jpeg": ("pylibjpeg", "pylibjpeg-libjpeg"),
+    "jpegls": ("pyjpegls",),
+    "jpeg2000": ("pylibjpeg", "pylibjpeg-openjpeg"),
+    "rle": ("pylibjpeg", "pylibjpeg-rle"),
+}
+
+
+def _family(ts: str) -> str:
+    if ts in ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"):
+        return "jpegls"
+    if ts.startswith("1.2.840.10008.1.2.4.9") or ts.startswith("1.2.840.10008.1.2.4.20"):
+        return "jpeg2000"  # JPEG 2000 (.90-.93) and HTJ2K (.201-.203)
+    if ts == "1.2.840.10008.1.2.5":
+        return "rle"
+    return "jpeg"
+
+
+def codec_problem(transfer_syntax_uid: str) -> Optional[Exception]:
+    """The error decoding this transfer syntax would raise for lack of a decoder, or None when a
+    decoder is available (or the syntax is native / unknown to pydicom's registry)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    uid = UID(transfer_syntax_uid)
+    if not transfer_syntax_uid or not uid.is_transfer_syntax or not uid.is_compressed:
+        return None
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return DicomError(f"no pixel decoder exists for the transfer syntax {uid.name} ({uid})")
+    if decoder.is_available:
+        return None
+    return MissingDependencyError(f"decoding {uid.name} pixel data", _CODEC_PACKAGES[_family(str(uid))], "codecs")
+
+
+def stored_value_range(bits_stored: int, pixel_representation: int) -> Tuple[int, int]:
+    """The smallest and largest stored pixel value for BitsStored and PixelRepresentation."""
+    bits = max(1, min(int(bits_stored), 32))
+    if pixel_representation == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def to_float(stored: np.ndarray, slope: float, intercept: float, photometric: str, bits_stored: int,
+             pixel_representation: int) -> np.ndarray:
+    """Stored values to float32 modality values (``stored * slope + intercept``), with MONOCHROME1
+    mirrored within the rescaled stored range so that higher values are brighter in both."""
+    out = stored.astype(np.float32)
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    if photometric == "MONOCHROME1":
+        lo, hi = stored_value_range(bits_stored, pixel_representation)
+        # Mirror around the middle of the representable range: the same mapping for every slice
+        # of a series, unlike mirroring around each slice's own min/max.
+        out = np.float32(lo * slope + intercept + hi * slope + intercept) - out
+    return out
+
+
+def decode_instance(instance) -> np.ndarray:
+    """Decode ``instance`` (a :class:`~lumbar_edge.dicom.Instance`) to float32 [rows, columns].
+
+    Raises MissingDependencyError when no installed plugin decodes its transfer syntax (the
+    message names ``lumbar-edge[codecs]``), DicomError when the file cannot be read, its pixel
+    data cannot be decoded, or the decoded image does not have the size the header gave.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    problem = codec_problem(instance.transfer_syntax_uid)
+    if problem is not None:
+        raise problem
+    path = instance.path
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError) as exc:
+        raise DicomError(f"{path}: cannot read the file: {exc}") from exc
+    if "PixelData" not in ds:
+        raise DicomError(f"{path}: the file has no pixel data")
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data
+        raise DicomError(f"{path}: cannot decode the pixel data ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from exc
+    if stored.shape != (instance.rows, instance.columns):
+        raise DicomError(f"{path}: decoded image is {'x'.join(map(str, stored.shape))}, "
+                         f"the header says {instance.rows}x{instance.columns}")
+    return to_float(stored, float(instance.rescale_slope), float(instance.rescale_intercept),
+                    instance.photometric, instance.bits_stored, instance.pixel_representation)
