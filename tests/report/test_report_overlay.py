@@ -1,0 +1,184 @@
+"""PNG overlays: files, sizes, marker colours, text, heatmap mapping."""
+import logging
+
+import numpy as np
+import pytest
+
+from lumbar_edge.errors import InputError
+from lumbar_edge.labels import CONDITIONS, LEVELS
+from lumbar_edge.preprocess import letterbox
+from lumbar_edge.report import render_overlay, write_overlays
+from lumbar_edge.report.overlay import (DISCLAIMER, SEVERITY_COLOURS, display_factor, finding_label,
+                                        heatmap_on_display)
+from lumbar_edge.report.png import text_bitmap, text_size
+from lumbar_edge.results import Finding, Keypoint, StudyResult
+
+T2, T1, AX = "1.2.2", "1.2.1", "1.2.3"
+PROBS = ((0.9, 0.07, 0.03), (0.7, 0.2, 0.1), (0.2, 0.65, 0.15), (0.05, 0.14, 0.81), (0.1, 0.3, 0.6))
+
+
+def phantom(h, w, seed=0):
+    """A sagittal-looking test slice: noise, a bright canal band and vertebral blocks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 200 + 30 * rng.standard_normal((h, w)).astype(np.float32)
+    img += 400 * np.exp(-((xx - w * 0.55) / (w * 0.05)) ** 2)
+    for i in range(6):
+        img += 600 * ((np.abs(yy - h * (0.1 + i * 0.16)) < h * 0.055) & (np.abs(xx - w * 0.4) < w * 0.12))
+    return img
+
+
+def kp(series, series_id, sop, instance, x, y):
+    return Keypoint(series, series_id, sop, instance, float(x), float(y), (0.0, 0.0, 0.0), 0.9)
+
+
+def study():
+    """Canal levels on one sagittal T2 slice (256x256), foramina on two sagittal T1 slices
+    (left/right), subarticular points on two axial slices (non-square), the rest from the prior."""
+    findings = []
+    for c in CONDITIONS:
+        for i, lv in enumerate(LEVELS):
+            p = PROBS[i]
+            if c == "spinal_canal_stenosis":
+                k = kp(T2, "22", "t2.8", 8, 256 * 0.55, 256 * (0.18 + i * 0.16))
+            elif "foraminal" in c:
+                side = 3 if c.startswith("left") else 12
+                k = kp(T1, "11", f"t1.{side}", side, 100 + 3 * i, 40 + 45 * i)
+            elif lv in ("l4_l5", "l5_s1"):
+                k = kp(AX, "33", f"ax.{lv}", 20 + i, 90 if c.startswith("left") else 60, 100)
+            else:
+                k = None
+            findings.append(Finding(c, lv, p, k, source="model" if k else "prior"))
+    slices = {(T2, "t2.8"): phantom(256, 256), (T1, "t1.3"): phantom(256, 256, 1), (T1, "t1.12"): phantom(256, 256, 2),
+              (AX, "ax.l4_l5"): phantom(160, 200, 3), (AX, "ax.l5_s1"): phantom(160, 200, 4)}
+    result = StudyResult("4003253", "1.2.4003253", findings,
+                         series_used={"sagittal_t2": T2, "sagittal_t1": T1, "axial_t2": AX})
+    return result, slices
+
+
+def test_one_png_per_source_slice_with_names_sizes_and_severity_colours(tmp_path, png_reader):
+    result, slices = study()
+    paths = write_overlays(result, slices, tmp_path / "overlays", min_size=512)
+    assert [p.name for p in paths] == ["4003253_sagittal_t2_8.png", "4003253_sagittal_t1_3.png",
+                                       "4003253_sagittal_t1_12.png", "4003253_axial_t2_23.png",
+                                       "4003253_axial_t2_24.png"]
+    by_sop = {}
+    for f in result.findings:
+        if f.keypoint:
+            by_sop.setdefault(f.keypoint.sop_uid, []).append(f)
+    for path, sop in zip(paths, ["t2.8", "t1.3", "t1.12", "ax.l4_l5", "ax.l5_s1"]):
+        pixels, info = png_reader(path.read_bytes())
+        src = slices[next(k for k in slices if k[1] == sop)]
+        factor = display_factor(*src.shape, 512)
+        assert pixels.shape == (src.shape[0] * factor, src.shape[1] * factor, 3)
+        assert max(pixels.shape[:2]) >= 512
+        assert "NOT FOR CLINICAL USE" in info["text"]["Disclaimer"]
+        for f in by_sop[sop]:
+            x = int(round((f.keypoint.x + 0.5) * factor - 0.5))
+            y = int(round((f.keypoint.y + 0.5) * factor - 0.5))
+            expected = SEVERITY_COLOURS[("Normal/Mild", "Moderate", "Severe").index(f.severity)]
+            assert tuple(pixels[y, x]) == expected, (path.name, f.column)
+    assert all(p.parent == tmp_path / "overlays" for p in paths)
+
+
+def test_severity_colours_are_green_orange_red():
+    g, o, r = SEVERITY_COLOURS
+    assert g[1] > max(g[0], g[2]) and o[0] > o[1] > o[2] and r[0] > 3 * max(r[1], r[2])
+
+
+def test_labels_name_level_condition_grade_and_probability():
+    result, _ = study()
+    assert finding_label(result.finding("spinal_canal_stenosis", "l4_l5")) == "L4/L5 SCS: severe 0.81"
+    assert finding_label(result.finding("left_neural_foraminal_narrowing", "l1_l2")) == "L1/L2 L NFN: normal/mild 0.90"
+    assert finding_label(result.finding("right_subarticular_stenosis", "l3_l4")).startswith("L3/L4 R SS: moderate")
+
+
+def test_the_disclaimer_is_drawn_on_the_image():
+    img = render_overlay(phantom(256, 256), [], min_size=768)
+    scale = max(img.shape[:2]) // 384
+    ink = text_bitmap(DISCLAIMER, scale)
+    th = text_size(DISCLAIMER, scale)[1]
+    y0, x0 = img.shape[0] - 2 * scale - th, 2 * scale
+    region = img[y0:y0 + ink.shape[0], x0:x0 + ink.shape[1]]
+    yellow = (region == (255, 230, 0)).all(axis=2)
+    np.testing.assert_array_equal(yellow, ink)
+
+
+def test_label_text_is_drawn_in_the_severity_colour_beside_its_point():
+    result, slices = study()
+    f = result.finding("spinal_canal_stenosis", "l4_l5")
+    img = render_overlay(slices[(T2, "t2.8")], [f], min_size=768)
+    factor = 3
+    px, py = (f.keypoint.x + 0.5) * factor - 0.5, (f.keypoint.y + 0.5) * factor - 0.5
+    red = (img == SEVERITY_COLOURS[2]).all(axis=2)
+    band = red[int(py) - 10:int(py) + 10]
+    cols = np.nonzero(band.any(axis=0))[0]
+    # ink well beyond the marker ring: the label, about 22 characters of 12 px
+    assert cols.max() - px > 200
+
+
+def test_small_images_are_upscaled_and_large_ones_kept():
+    assert render_overlay(phantom(64, 48), []).shape == (768, 576, 3)
+    assert render_overlay(phantom(1000, 900), []).shape == (1000, 900, 3)
+
+
+def test_a_missing_slice_is_skipped_with_a_warning_and_priors_have_no_overlay(tmp_path, caplog):
+    result, slices = study()
+    del slices[(T1, "t1.3")]
+    with caplog.at_level(logging.WARNING, logger="lumbar_edge.report"):
+        paths = write_overlays(result, slices, tmp_path, min_size=256)
+    assert len(paths) == 4 and "instance 3" in caplog.text
+    only_priors = StudyResult("9", "1.9", [Finding(c, lv, (1.0, 0.0, 0.0), None, "prior")
+                                           for c in CONDITIONS for lv in LEVELS])
+    assert write_overlays(only_priors, {}, tmp_path / "none") == []
+
+
+def test_series_without_a_view_are_named_by_series_number(tmp_path):
+    result, slices = study()
+    result.series_used = {}
+    names = [p.name for p in write_overlays(result, slices, tmp_path, min_size=256)]
+    assert "4003253_series22_8.png" in names
+
+
+def test_bad_slices_are_refused():
+    with pytest.raises(InputError):
+        render_overlay(np.zeros((3, 4, 5), np.float32), [])
+
+
+def test_heatmap_is_mapped_through_the_letterbox_onto_the_slice():
+    # A 200x100 (rows x cols) slice letterboxed into a 64x64 model input: the map is 16x16 at stride 4.
+    src_h, src_w, factor, stride = 200, 100, 2, 4
+    _, lb = letterbox(np.zeros((src_h, src_w), np.float32), 64, 64)
+    sx, sy = 30.0, 150.0
+    mx, my = lb.to_model(sx, sy)
+    hm = np.full((16, 16), -10.0, np.float32)
+    hm[int(round(float(my) / stride)), int(round(float(mx) / stride))] = 10.0
+    values = heatmap_on_display(hm, (src_h, src_w), factor, stride=stride)
+    assert values.shape == (src_h * factor, src_w * factor)
+    peak_y, peak_x = np.unravel_index(values.argmax(), values.shape)
+    # within one heatmap cell (4 model px = 12.5 source px here) of the point, in display pixels
+    cell = stride / lb.scale_x * factor
+    assert abs(peak_x - ((sx + 0.5) * factor - 0.5)) <= cell and abs(peak_y - ((sy + 0.5) * factor - 0.5)) <= cell
+    assert values.max() > 0.99 and values.min() < 1e-4
+
+
+def test_heatmap_overlay_changes_pixels_only_where_it_is_hot(tmp_path, png_reader):
+    result, slices = study()
+    key = (T2, "t2.8")
+    hm = np.full((64, 64), -12.0, np.float32)
+    hm[52:56, 52:56] = 6.0  # hot, right of the canal: away from every keypoint and label
+    plain = write_overlays(result, {key: slices[key]}, tmp_path / "a", min_size=256)
+    heat = write_overlays(result, {key: slices[key]}, tmp_path / "b", heatmaps={key: {"x": hm}}, min_size=256)
+    a, _ = png_reader(plain[0].read_bytes())
+    b, _ = png_reader(heat[0].read_bytes())
+    diff = np.abs(a.astype(int) - b.astype(int)).sum(axis=2) > 0
+    # The hot cells sit at model (= source = display, here) pixels 208..220.
+    assert diff[209:220, 209:220].all()
+    assert diff.mean() < 0.05
+
+
+def test_malformed_heatmaps_are_refused():
+    with pytest.raises(InputError):
+        render_overlay(phantom(32, 32), [], heatmap=np.zeros((2, 2, 2, 2), np.float32))
+    with pytest.raises(InputError):
+        render_overlay(phantom(32, 32), [], heatmap={"a": np.zeros((4, 4)), "b": np.zeros((5, 5))})
