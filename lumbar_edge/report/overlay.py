@@ -222,7 +222,7 @@ def render_overlay(image2d: np.ndarray, findings: Sequence[Finding], *, title: s
                 break
         if placed is None:
             placed = min(max(ly0, pad), height - th - pad - 1)
-        box = draw_text(img, lx, placed, label, colour, scale=scale, background=_BACKING, alpha=0.65, padding=pad)
+        box = draw_text(img, lx, placed, label, colour, scale=scale, background=_BACKING, alpha=0.8, padding=pad)
         taken.append(box)
         # A leader line when the label had to move away from its point.
         if abs(placed + th / 2 - py) > line_h:
