@@ -4,7 +4,7 @@
 installed under the ``lumbar_edge`` namespace (``lumbar_edge.training`` ...) so that no package
 called ``training`` or ``export`` lands in site-packages.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 EXTRAS = {
     "train": ["torch>=2.4", "tqdm>=4.60"],
@@ -23,21 +23,18 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=[
-        "lumbar_edge",
-        "lumbar_edge.dicom",
-        "lumbar_edge.synth",
-        "lumbar_edge.training",
-        "lumbar_edge.export",
-        "lumbar_edge.benchmarks",
-    ],
+    # The runtime's subpackages are found automatically; the three top-level folders are mapped
+    # under the lumbar_edge namespace (with any subpackages they grow).
+    packages=(["lumbar_edge"] + [f"lumbar_edge.{p}" for p in find_packages("lumbar_edge")]
+              + [f"lumbar_edge.{top}" for top in ("training", "export", "benchmarks")]
+              + [f"lumbar_edge.{top}.{p}" for top in ("training", "export", "benchmarks") for p in find_packages(top)]),
     package_dir={
         "lumbar_edge": "lumbar_edge",
         "lumbar_edge.training": "training",
         "lumbar_edge.export": "export",
         "lumbar_edge.benchmarks": "benchmarks",
     },
-    package_data={"lumbar_edge": ["kernels/*.cu"]},
+    package_data={"lumbar_edge": ["kernels/*.cu", "kernels/*.cuh", "kernels/*.cpp"]},
     install_requires=["numpy>=1.24", "pydicom>=2.4", "click>=8.0", "onnxruntime>=1.17"],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["lumbar-edge=lumbar_edge.cli:main"]},
