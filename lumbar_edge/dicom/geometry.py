@@ -13,6 +13,7 @@ and PixelSpacing[1] (between columns). The slice normal is ``X x Y``.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
@@ -62,26 +63,32 @@ class SliceGeometry:
     col_dir: np.ndarray
     pixel_spacing: Tuple[float, float]
     normal: np.ndarray = field(init=False)
-    _to_patient: np.ndarray = field(init=False, repr=False)
-    _to_pixel: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        origin = np.asarray(self.origin, dtype=np.float64).reshape(3)
+        # Plain float arithmetic: a scan builds one geometry per file, and numpy's cross/inv on
+        # 3-vectors cost more than the header parsing itself.
+        origin = np.array([float(v) for v in np.asarray(self.origin, dtype=np.float64).reshape(3)])
         row = _unit(self.row_dir)
         col = _unit(self.col_dir)
-        normal = _unit(np.cross(row, col))
+        normal = _unit(_cross(row, col))
         dr, dc = (float(v) for v in self.pixel_spacing)
-        # Columns of the affine: one pixel step along x, one along y, one mm along the normal.
-        # Inverting the full matrix (rather than projecting) stays exact for IOPs that are not
-        # quite orthogonal, as written by some scanners.
-        m = np.stack([row * dc, col * dr, normal], axis=1)
         object.__setattr__(self, "origin", origin)
-        object.__setattr__(self, "row_dir", row)
-        object.__setattr__(self, "col_dir", col)
+        object.__setattr__(self, "row_dir", np.array(row))
+        object.__setattr__(self, "col_dir", np.array(col))
         object.__setattr__(self, "pixel_spacing", (dr, dc))
-        object.__setattr__(self, "normal", normal)
-        object.__setattr__(self, "_to_patient", m)
-        object.__setattr__(self, "_to_pixel", np.linalg.inv(m))
+        object.__setattr__(self, "normal", np.array(normal))
+
+    @functools.cached_property
+    def _to_patient(self) -> np.ndarray:
+        """Columns of the affine: one pixel step along x, one along y, one mm along the normal."""
+        return np.stack([self.row_dir * self.pixel_spacing[1], self.col_dir * self.pixel_spacing[0], self.normal],
+                        axis=1)
+
+    @functools.cached_property
+    def _to_pixel(self) -> np.ndarray:
+        # Inverting the full affine (rather than projecting on the directions) stays exact for
+        # orientations that are not quite orthogonal, as some scanners write them.
+        return np.linalg.inv(self._to_patient)
 
     @classmethod
     def from_tags(cls, ipp: Sequence[float], iop: Sequence[float], pixel_spacing: Sequence[float]) -> "SliceGeometry":
@@ -97,6 +104,14 @@ class SliceGeometry:
         if not all(math.isfinite(v) for v in ipp + iop + ps) or min(ps) <= 0:
             raise ValueError("position, orientation or pixel spacing is not finite and positive")
         return cls(np.array(ipp), np.array(iop[:3]), np.array(iop[3:]), (ps[0], ps[1]))
+
+    @staticmethod
+    def normal_of(orientation: Sequence[float]) -> Tuple[float, float, float]:
+        """The unit normal (row x column direction) of the 6 ImageOrientationPatient values;
+        raises ValueError for a degenerate orientation."""
+        if len(orientation) != 6:
+            raise ValueError(f"ImageOrientationPatient needs 6 values, got {len(orientation)}")
+        return _unit(_cross(_unit(orientation[:3]), _unit(orientation[3:])))
 
     def pixel_to_patient(self, x, y) -> np.ndarray:
         """Patient coordinates (mm, LPS) of pixel column ``x`` and row ``y``.
@@ -121,7 +136,9 @@ class SliceGeometry:
 
     def position_along(self, normal: Optional[np.ndarray] = None) -> float:
         """The slice's position (mm) along ``normal`` (default its own): ``dot(origin, normal)``."""
-        return float(np.dot(self.origin, self.normal if normal is None else normal))
+        n = self.normal if normal is None else normal
+        o = self.origin
+        return float(o[0] * n[0] + o[1] * n[1] + o[2] * n[2])
 
     def is_parallel(self, other: "SliceGeometry", tolerance_deg: float = 1.0) -> bool:
         """Whether the two slice planes are parallel within ``tolerance_deg``."""
@@ -133,12 +150,16 @@ class SliceGeometry:
                 "pixel_spacing": list(self.pixel_spacing), "normal": self.normal.tolist()}
 
 
-def _unit(v) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64).reshape(3)
-    norm = float(np.linalg.norm(v))
+def _unit(v) -> Tuple[float, float, float]:
+    x, y, z = (float(c) for c in v)
+    norm = math.sqrt(x * x + y * y + z * z)
     if not norm > 1e-6:
         raise ValueError("a direction cosine or slice normal has zero length")
-    return v / norm
+    return x / norm, y / norm, z / norm
+
+
+def _cross(a, b) -> Tuple[float, float, float]:
+    return a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]
 
 
 def slice_spacing(positions: Sequence[float]) -> Optional[float]:

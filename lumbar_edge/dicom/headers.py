@@ -11,8 +11,9 @@ import math
 import os
 import stat
 import struct
-from dataclasses import dataclass
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Mapping, NamedTuple, Optional, Tuple, Union
+
+from .fastread import Unhandled, read_tags
 
 #: The tags a scan reads (keywords). SpecificCharacterSet is always read by pydicom.
 HEADER_KEYWORDS: Tuple[str, ...] = (
@@ -34,9 +35,9 @@ _VR_32BIT_LENGTH = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC
 Skip = Tuple[str, str]
 
 
-@dataclass(frozen=True)
-class HeaderRecord:
-    """The header values of one image file, as plain Python values."""
+class HeaderRecord(NamedTuple):
+    """The header values of one image file, as plain Python values (a NamedTuple: it is built
+    and pickled once per file, and tuples are the cheapest to send back from worker processes)."""
 
     path: str
     transfer_syntax_uid: str
@@ -104,12 +105,18 @@ def read_header(path: str) -> Union[HeaderRecord, Skip]:
         return "not_dicom", "empty file"
     try:
         with open(path, "rb") as fp:
-            ds = dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
-            ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if getattr(ds, "file_meta", None) else ""
-            if ts == _DEFLATED:
-                pixel = _deflated_pixel_check(path)
+            try:
+                head = read_tags(fp, st.st_size)
+            except Unhandled:
+                head = None  # not a plain little-endian file: pydicom decides below
+            if head is not None:
+                values: Mapping[str, Any] = head.values()
+                ts, media_class = head.transfer_syntax, head.media_sop_class
+                pixel = _pixel_verdict(head.pixel_tag, head.pixel_offset, head.pixel_header, head.pixel_length,
+                                       head.end, st.st_size)
             else:
-                pixel = _pixel_element_check(fp, ds, st.st_size)
+                fp.seek(0)
+                values, ts, media_class, pixel = _read_with_pydicom(fp, path, st.st_size)
     except InvalidDicomError as exc:
         return "not_dicom", f"not a DICOM file ({_first_line(exc)})"
     except PermissionError:
@@ -123,13 +130,38 @@ def read_header(path: str) -> Union[HeaderRecord, Skip]:
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input; any is a skip
         return "corrupt", f"unreadable DICOM header ({type(exc).__name__}: {_first_line(exc)})"
     try:
-        return _record(path, ds, ts, pixel)
-    except Exception as exc:  # noqa: BLE001 - values are converted lazily; malformed ones raise anything
+        return _record(path, values, ts, media_class, pixel)
+    except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily; malformed ones raise anything
         return "corrupt", f"malformed header value ({type(exc).__name__}: {_first_line(exc)})"
 
 
-def _record(path: str, ds, ts: str, pixel: Optional[Skip]) -> Union[HeaderRecord, Skip]:
-    media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "")) if getattr(ds, "file_meta", None) else ""
+class _DatasetValues:
+    """``get(keyword)`` over a pydicom Dataset, so both readers feed :func:`_record` alike."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        return self.ds.get(keyword, default)
+
+
+def _read_with_pydicom(fp, path: str, size: int):
+    """The slow, general path: pydicom reads the scan tags (big endian, deflate, odd files)."""
+    from pydicom import dcmread
+
+    ds = dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
+    media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta else ""
+    if ts == _DEFLATED:
+        pixel = _deflated_pixel_check(path)
+    else:
+        pixel = _pixel_element_check(fp, ds, size)
+    return _DatasetValues(ds), ts, media_class, pixel
+
+
+def _record(path: str, ds, ts: str, media_class: str, pixel: Optional[Skip]) -> Union[HeaderRecord, Skip]:
+    """Check the values (``ds.get(keyword)``) of an image file and convert them to a record."""
     sop_class = str(ds.get("SOPClassUID", "") or media_class)
     if media_class == _MEDIA_STORAGE_DIRECTORY or sop_class == _MEDIA_STORAGE_DIRECTORY:
         return "no_pixel_data", "a DICOMDIR (media index), not an image"
@@ -153,8 +185,8 @@ def _record(path: str, ds, ts: str, pixel: Optional[Skip]) -> Union[HeaderRecord
     bits_allocated = _int(ds.get("BitsAllocated")) or 16
     return HeaderRecord(
         path=path, transfer_syntax_uid=ts, sop_class_uid=sop_class,
-        sop_uid=str(ds.SOPInstanceUID).strip(), study_uid=str(ds.StudyInstanceUID).strip(),
-        series_uid=str(ds.SeriesInstanceUID).strip(),
+        sop_uid=str(ds.get("SOPInstanceUID")).strip(), study_uid=str(ds.get("StudyInstanceUID")).strip(),
+        series_uid=str(ds.get("SeriesInstanceUID")).strip(),
         series_number=_int(ds.get("SeriesNumber")), instance_number=_int(ds.get("InstanceNumber")),
         rows=rows, columns=cols,
         position=_floats(ds.get("ImagePositionPatient"), 3), orientation=_floats(ds.get("ImageOrientationPatient"), 6),
@@ -175,25 +207,21 @@ def _record(path: str, ds, ts: str, pixel: Optional[Skip]) -> Union[HeaderRecord
 
 
 def _pixel_element_check(fp, ds, size: int) -> Optional[Skip]:
-    """None when a pixel data element follows the header and fits in the file, else a skip.
+    """After pydicom's read: None when a pixel data element follows the header and fits in the
+    file, else a skip.
 
     ``dcmread(stop_before_pixels=True)`` leaves the file positioned at the element that stopped
     it, so reading that element's tag and length here costs one small read, not the pixels.
     """
     where = fp.tell()
-    if where > size:
-        return "truncated", f"truncated: the header runs {where - size} bytes past the end of the file"
     head = fp.read(12)
     if len(head) < 8:
-        return "no_pixel_data", "no pixel data"
+        return _pixel_verdict(None, 0, 0, 0, where, size)
     implicit, little = ds.original_encoding
     if implicit is None:
         implicit, little = False, True
     end = "<" if little else ">"
     group, elem = struct.unpack(end + "HH", head[:4])
-    tag = group << 16 | elem
-    if tag != _PIXEL_DATA:
-        return "unsupported", f"float pixel data ({group:04X},{elem:04X}) is not supported"
     if implicit:
         length, header = struct.unpack(end + "L", head[4:8])[0], 8
     elif head[4:6] in _VR_32BIT_LENGTH:
@@ -202,11 +230,24 @@ def _pixel_element_check(fp, ds, size: int) -> Optional[Skip]:
         length, header = struct.unpack(end + "L", head[8:12])[0], 12
     else:
         length, header = struct.unpack(end + "H", head[6:8])[0], 8
+    return _pixel_verdict(group << 16 | elem, where, header, length, where, size)
+
+
+def _pixel_verdict(tag: Optional[int], offset: int, header: int, length: int, end: int, size: int) -> Optional[Skip]:
+    """None when the pixel data element (``tag`` at ``offset``, ``header`` bytes before a value
+    of ``length``) is usable as far as its size tells, else why not. ``end``: where header
+    parsing stopped, used when there is no pixel element."""
+    if tag is None:
+        if end > size:
+            return "truncated", f"truncated: the header runs {end - size} bytes past the end of the file"
+        return "no_pixel_data", "no pixel data"
+    if tag != _PIXEL_DATA:
+        return "unsupported", f"float pixel data ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not supported"
     if length == 0:
         return "no_pixel_data", "empty pixel data"
     if length == 0xFFFFFFFF:  # encapsulated (compressed) frames: checked when decoded
         return None
-    missing = where + header + length - size
+    missing = offset + header + length - size
     if missing > 0:
         return "truncated", f"truncated: pixel data is {length} bytes, the file ends {missing} bytes short"
     return None

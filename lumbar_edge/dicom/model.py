@@ -6,6 +6,7 @@ They hold header values only; pixels are decoded on request (:meth:`Instance.pix
 from __future__ import annotations
 
 import enum
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,14 +58,22 @@ class SkippedFile:
 
 @dataclass(eq=False)
 class Instance:
-    """One image file of a series (header values only; pixels are decoded on request)."""
+    """One image file of a series (header values only; pixels are decoded on request).
 
-    path: Path
+    ``file`` is the path as a string, ``path`` the same as a Path (made on first use: a scan
+    creates thousands of instances). ``image_position``, ``image_orientation`` and ``pixel_spacing`` are the raw tag values
+    (None when absent); ``geometry`` is built from them on first use (None without position or
+    orientation; a missing PixelSpacing counts as 1 mm so positions stay right).
+    """
+
+    file: str
     sop_uid: str
     instance_number: int
     rows: int
     columns: int
-    geometry: Optional[SliceGeometry]
+    image_position: Optional[Tuple[float, float, float]] = None
+    image_orientation: Optional[Tuple[float, ...]] = None
+    pixel_spacing: Optional[Tuple[float, float]] = None
     photometric: str = "MONOCHROME2"
     rescale_slope: float = 1.0
     rescale_intercept: float = 0.0
@@ -73,6 +82,22 @@ class Instance:
     pixel_representation: int = 0
     #: mm along the series normal (set when the series is sorted; None without geometry).
     position: Optional[float] = None
+
+    @functools.cached_property
+    def path(self) -> Path:
+        return Path(self.file)
+
+    @functools.cached_property
+    def geometry(self) -> Optional[SliceGeometry]:
+        """The slice's patient-space geometry, or None when position or orientation is missing
+        or unusable. (Built lazily: a scan creates thousands of instances and most callers look
+        at the geometry of a few.)"""
+        if self.image_position is None or self.image_orientation is None:
+            return None
+        try:
+            return SliceGeometry.from_tags(self.image_position, self.image_orientation, self.pixel_spacing or (1.0, 1.0))
+        except ValueError:
+            return None
 
     def pixel_array(self) -> np.ndarray:
         """The image as float32 [rows, columns], rescaled to modality values (RescaleSlope and
@@ -87,7 +112,7 @@ class Instance:
         return decode_instance(self)
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "sop_uid": self.sop_uid, "instance_number": self.instance_number,
+        return {"path": self.file, "sop_uid": self.sop_uid, "instance_number": self.instance_number,
                 "rows": self.rows, "columns": self.columns, "position_mm": self.position,
                 "transfer_syntax_uid": self.transfer_syntax_uid, "photometric": self.photometric,
                 "rescale_slope": self.rescale_slope, "rescale_intercept": self.rescale_intercept,
