@@ -1,10 +1,14 @@
-"""Helpers that write small, valid MR DICOM files with pydicom for the dicom tests."""
+"""Helpers that write small, valid MR DICOM files with pydicom for the dicom tests.
+
+Tests reach them through the ``dcm`` fixture (``dcm.write_series(...)``).
+"""
 from __future__ import annotations
 
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -102,13 +106,13 @@ def save(ds, path: Path, transfer_syntax: Optional[str] = None) -> Path:
     if transfer_syntax is not None:
         ds.file_meta.TransferSyntaxUID = transfer_syntax
     ts = ds.file_meta.TransferSyntaxUID
-    little = ts != ExplicitVRBigEndian
-    implicit = ts == ImplicitVRLittleEndian
     if ts == ExplicitVRBigEndian:
-        # Byte-swap the 16-bit pixel data for big endian (pydicom writes the bytes as given).
-        arr = np.frombuffer(ds.PixelData, dtype="<u2").astype(">u2")
-        ds.PixelData = arr.tobytes()
-    ds.save_as(path, implicit_vr=implicit, little_endian=little, enforce_file_format=True)
+        # pydicom writes OW pixel bytes as given: swap the 16-bit values to big endian, and
+        # force the encoding (save_as refuses to convert between endiannesses on its own).
+        ds.PixelData = np.frombuffer(ds.PixelData, dtype="<u2").astype(">u2").tobytes()
+        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+        return path
+    ds.save_as(path, implicit_vr=ts == ImplicitVRLittleEndian, little_endian=True, enforce_file_format=True)
     return path
 
 
@@ -156,5 +160,8 @@ def tree_digest(root: Path) -> Dict[str, str]:
 
 
 @pytest.fixture
-def series_writer():
-    return write_series
+def dcm():
+    """The helpers of this file (tests folders are not packages, so tests cannot import it)."""
+    return SimpleNamespace(make_dataset=make_dataset, save=save, write_series=write_series, tree_digest=tree_digest,
+                           PROTOCOLS=PROTOCOLS, SAGITTAL_IOP=SAGITTAL_IOP, AXIAL_IOP=AXIAL_IOP,
+                           CORONAL_IOP=CORONAL_IOP)
