@@ -56,6 +56,10 @@ class Unhandled(Exception):
     """This file is not one the fast reader handles; read it with pydicom."""
 
 
+class Truncated(Exception):
+    """A header element runs past the end of the file: the file was cut short."""
+
+
 class _Buffer:
     """The bytes of a file from its start, read in chunks as parsing needs them."""
 
@@ -70,7 +74,7 @@ class _Buffer:
         the file."""
         if end > len(self.data):
             if end > self.size:
-                raise Unhandled("element runs past the end of the file")
+                raise Truncated(f"a header element runs {end - self.size} bytes past the end of the file")
             self.data += self.fp.read(max(end - len(self.data), _CHUNK))
         return self.data
 
@@ -105,7 +109,8 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
     """Parse the file open as ``fp`` (``size`` bytes) up to its pixel data element.
 
     Raises Unhandled when the file has no DICM preamble, is big endian or deflated, or its
-    structure is not what this reader expects (the caller then uses pydicom).
+    structure is not what this reader expects (the caller then uses pydicom); Truncated when an
+    element runs past the end of the file.
     """
     buf = _Buffer(fp, size)
     if size < 132 or buf.get(128, 4) != b"DICM":
@@ -132,7 +137,7 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
             vr = data[pos + 4:pos + 6]
             if vr in long_vrs:
                 if pos + 12 > size:
-                    raise Unhandled("element runs past the end of the file")
+                    raise Truncated("the file ends inside a header element")
                 length = u32(data, pos + 8)[0]
                 value_pos = pos + 12
             elif b"AA" <= vr <= b"ZZ":
@@ -157,7 +162,9 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
             file_vr = dict_vr if vr is None or vr == b"UN" else vr.decode("ascii")
             head.raw[keyword] = (file_vr, data[value_pos:pos])
         elif pos > size:
-            raise Unhandled("element runs past the end of the file")
+            raise Truncated(f"a header element runs {pos - size} bytes past the end of the file")
+    if pos != size:
+        raise Truncated("the file ends inside a header element")
     head.end = pos
     return head
 
@@ -183,7 +190,7 @@ def _read_meta(buf: _Buffer, pos: int, head: Header) -> int:
         elif elem == 0x0002:
             head.media_sop_class = _text(buf.get(pos, length))
         pos += length
-    return pos
+    raise Truncated("the file ends inside its file meta information")
 
 
 def _skip_items(buf: _Buffer, pos: int, implicit: bool, depth: int) -> int:

@@ -13,7 +13,7 @@ import stat
 import struct
 from typing import Any, Mapping, NamedTuple, Optional, Tuple, Union
 
-from .fastread import Unhandled, read_tags
+from .fastread import Truncated, Unhandled, read_tags
 
 #: The tags a scan reads (keywords). SpecificCharacterSet is always read by pydicom.
 HEADER_KEYWORDS: Tuple[str, ...] = (
@@ -109,6 +109,8 @@ def read_header(path: str) -> Union[HeaderRecord, Skip]:
                 head = read_tags(fp, st.st_size)
             except Unhandled:
                 head = None  # not a plain little-endian file: pydicom decides below
+            except Truncated as exc:
+                return "truncated", f"truncated: {exc}"
             if head is not None:
                 values: Mapping[str, Any] = head.values()
                 ts, media_class = head.transfer_syntax, head.media_sop_class

@@ -188,13 +188,25 @@ def build_studies(records: Iterable[HeaderRecord], rules: Optional[Sequence[Clas
                   skipped: List[SkippedFile]) -> List[Study]:
     """Group header records into studies and series: drop duplicate SOP instances and slices of
     a minority size (recorded in ``skipped``), classify each series and sort its slices."""
+    records = sorted(records, key=lambda r: r.path)
+    # Of several files with one SOPInstanceUID, keep the one in the folder that holds most of its
+    # series (a stray copy elsewhere must not pull the series out of its folder), then the first.
+    per_folder = Counter((r.series_uid, os.path.dirname(r.path)) for r in records)
     by_sop: Dict[str, HeaderRecord] = {}
-    for rec in sorted(records, key=lambda r: r.path):
+    duplicates: Dict[str, List[HeaderRecord]] = defaultdict(list)
+    for rec in records:
         first = by_sop.get(rec.sop_uid)
-        if first is not None:
-            skipped.append(SkippedFile(Path(rec.path), f"duplicate SOPInstanceUID of {first.path}", "duplicate"))
+        if first is None:
+            by_sop[rec.sop_uid] = rec
             continue
-        by_sop[rec.sop_uid] = rec
+        if per_folder[(rec.series_uid, os.path.dirname(rec.path))] > per_folder[
+                (first.series_uid, os.path.dirname(first.path))]:
+            by_sop[rec.sop_uid], rec = rec, first
+        duplicates[rec.sop_uid].append(rec)
+    for sop, extra in duplicates.items():
+        kept = by_sop[sop].path
+        for rec in extra:
+            skipped.append(SkippedFile(Path(rec.path), f"duplicate SOPInstanceUID of {kept}", "duplicate"))
     grouped: Dict[str, Dict[str, List[HeaderRecord]]] = defaultdict(lambda: defaultdict(list))
     for rec in by_sop.values():
         grouped[rec.study_uid][rec.series_uid].append(rec)
