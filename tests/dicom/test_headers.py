@@ -1,0 +1,92 @@
+"""The header reader: the fast little-endian path agrees with pydicom, odd files fall back."""
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import uid
+
+from lumbar_edge.dicom import headers
+from lumbar_edge.dicom.fastread import Truncated, Unhandled, read_tags
+
+
+def _with_pydicom(path):
+    """What the general (pydicom) path of read_header makes of ``path``."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fp:
+        values, ts, media, pixel = headers._read_with_pydicom(fp, str(path), size)
+    return headers._record(str(path), values, ts, media, pixel)
+
+
+def _pydicom_test_files():
+    root = Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fast_path_agrees_with_pydicom_on_pydicom_test_files():
+    compared = 0
+    for path in _pydicom_test_files():
+        size = path.stat().st_size
+        with open(path, "rb") as fp:
+            try:
+                read_tags(fp, size)
+            except (Unhandled, Truncated):
+                continue  # read_header uses pydicom (or reports truncation) for these
+        try:
+            expected = _with_pydicom(path)
+        except Exception:  # noqa: BLE001 - files pydicom cannot read are covered by the scan tests
+            continue
+        assert headers.read_header(str(path)) == expected, path.name
+        compared += 1
+    assert compared > 40  # most of the corpus goes through the fast path
+
+
+def test_fast_path_agrees_with_pydicom_on_written_files(tmp_path, dcm):
+    ds = dcm.make_dataset(study_uid="1.2.3", series_uid="1.2.3.4", tr=4000, te=45, ti=160, scanning=["IR", "SE"],
+                          description="Sägittal STIR ü", slope=2, intercept=-3, ipp=(1.5, -2.25, 3e2))
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    # A nested sequence holding tags the scan reads: they must not leak into the top level.
+    item = pydicom.Dataset()
+    item.SOPInstanceUID = "9.9.9"
+    item.Rows = 1
+    ds.ReferencedImageSequence = pydicom.Sequence([item])
+    for ts in (uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian):
+        path = dcm.save(ds, tmp_path / f"{ts}.dcm", ts)
+        fast = headers.read_header(str(path))
+        assert fast == _with_pydicom(path)
+        assert fast.sop_uid == ds.SOPInstanceUID and fast.rows == 8
+        assert fast.series_description == "Sägittal STIR ü"
+        assert fast.scanning_sequence == ("IR", "SE") and fast.inversion_time == 160.0
+        assert fast.position == (1.5, -2.25, 300.0)
+
+
+def test_big_endian_and_deflate_go_through_pydicom(tmp_path, dcm):
+    ds = dcm.make_dataset(study_uid="1.2.3", series_uid="1.2.3.4")
+    for ts in (uid.ExplicitVRBigEndian, uid.DeflatedExplicitVRLittleEndian):
+        path = dcm.save(dcm.make_dataset(study_uid="1.2.3", series_uid="1.2.3.4", sop_uid=ds.SOPInstanceUID),
+                        tmp_path / f"{ts}.dcm", ts)
+        with open(path, "rb") as fp, pytest.raises(Unhandled):
+            read_tags(fp, path.stat().st_size)
+        rec = headers.read_header(str(path))
+        assert rec.transfer_syntax_uid == ts and (rec.rows, rec.columns) == (8, 8)
+
+
+def test_header_reading_opens_files_read_only(tmp_path, dcm):
+    path = dcm.save(dcm.make_dataset(study_uid="1.2.3", series_uid="1.2.3.4"), tmp_path / "a.dcm")
+    path.chmod(0o444)
+    before = path.stat()
+    assert isinstance(headers.read_header(str(path)), headers.HeaderRecord)
+    after = path.stat()
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+
+
+def test_multiframe_and_colour_are_skipped_with_a_reason(tmp_path):
+    for name in ("SC_rgb_rle_2frame.dcm", "SC_rgb_jpeg_dcmtk.dcm"):
+        shutil.copy(pydicom.data.get_testdata_file(name), tmp_path / name)
+    reasons = {name: headers.read_header(str(tmp_path / name)) for name in os.listdir(tmp_path)}
+    assert reasons["SC_rgb_rle_2frame.dcm"][0] == "unsupported"
+    assert "multi-frame" in reasons["SC_rgb_rle_2frame.dcm"][1]
+    assert reasons["SC_rgb_jpeg_dcmtk.dcm"][0] == "unsupported"
+    assert "greyscale" in reasons["SC_rgb_jpeg_dcmtk.dcm"][1]

@@ -1,0 +1,216 @@
+"""Lazy pixel decoding: transfer syntaxes, rescale, MONOCHROME1, missing codecs, bad pixel data."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import uid
+from pydicom.pixels import get_encoder
+
+from lumbar_edge.dicom import format_scan, scan_path
+from lumbar_edge.dicom.pixels import codec_problem, stored_value_range, to_float
+from lumbar_edge.errors import DicomError, MissingDependencyError
+
+SIZE = 32  # openjpeg refuses images much smaller than this
+PIXELS = ((np.arange(SIZE * SIZE, dtype=np.uint32).reshape(SIZE, SIZE) * 37 + 11) % 4096).astype(np.uint16)
+
+
+def _write(dcm, path: Path, ts: str, **kw) -> Path:
+    ds = dcm.make_dataset(study_uid="1.2.3", series_uid="1.2.3.4", rows=SIZE, cols=SIZE, pixels=PIXELS, **kw)
+    ds.BitsStored, ds.HighBit = 12, 11  # the values fit 12 bits: lossless encoders need it stated
+    if uid.UID(ts).is_compressed:
+        ds.compress(ts)  # pydicom's own encoder (RLE) or the installed plugins
+        return dcm.save(ds, path)
+    return dcm.save(ds, path, ts)
+
+
+def _encodable(ts: str) -> bool:
+    try:
+        return get_encoder(ts).is_available
+    except NotImplementedError:
+        return False
+
+
+NATIVE = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.ExplicitVRBigEndian,
+          uid.DeflatedExplicitVRLittleEndian]
+COMPRESSED = [uid.RLELossless, uid.JPEGLSLossless, uid.JPEG2000Lossless]
+
+
+@pytest.mark.parametrize("ts", NATIVE + COMPRESSED, ids=lambda t: uid.UID(t).name)
+def test_transfer_syntax_round_trip(tmp_path, dcm, ts):
+    if ts in COMPRESSED and not _encodable(ts):
+        pytest.skip(f"no installed plugin encodes {uid.UID(ts).name}")
+    _write(dcm, tmp_path / "a.dcm", ts)
+    assert pydicom.dcmread(tmp_path / "a.dcm").file_meta.TransferSyntaxUID == ts
+    (series,) = scan_path(tmp_path).studies[0].series
+    inst = series.instances[0]
+    assert inst.transfer_syntax_uid == ts
+    assert (inst.rows, inst.columns) == (SIZE, SIZE)
+    np.testing.assert_allclose(inst.geometry.origin, [0, 0, 0])
+    out = series.pixels(0)
+    assert out.dtype == np.float32 and out.shape == (SIZE, SIZE)
+    np.testing.assert_array_equal(out, PIXELS.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["JPEG-lossy.dcm", "JPGExtended.dcm", "MR_small_jp2klossless.dcm",
+                                  "MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm"])
+def test_pydicom_compressed_test_files_decode(tmp_path, name):
+    # JPEG baseline/extended has no encoder in pydicom: decode its reference files instead and
+    # compare with pydicom's own decoding of the same file.
+    path = Path(pydicom.data.get_testdata_file(name))
+    shutil.copy(path, tmp_path / name)
+    (inst,) = [i for st in scan_path(tmp_path).studies for se in st.series for i in se.instances]
+    if codec_problem(inst.transfer_syntax_uid) is not None:
+        pytest.skip(str(codec_problem(inst.transfer_syntax_uid)))
+    ds = pydicom.dcmread(path)
+    try:
+        stored = ds.pixel_array
+    except RuntimeError:
+        # No installed plugin copes with this file (JPEG-lossy.dcm needs GDCM or Pillow): the
+        # failure must surface as a DicomError, not a raw plugin error.
+        with pytest.raises(DicomError, match="cannot decode"):
+            inst.pixel_array()
+        return
+    expected = stored.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+    np.testing.assert_allclose(inst.pixel_array(), expected)
+
+
+def test_lossless_files_match_their_uncompressed_reference(tmp_path):
+    names = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
+             "MR_small_bigendian.dcm", "MR_small_implicit.dcm"]
+    arrays = []
+    for name in names:
+        folder = tmp_path / name  # one per folder: they share their SOPInstanceUID
+        folder.mkdir()
+        shutil.copy(pydicom.data.get_testdata_file(name), folder / name)
+        (inst,) = scan_path(folder).studies[0].series[0].instances
+        arrays.append(inst.pixel_array())
+    for name, arr in zip(names[1:], arrays[1:]):
+        np.testing.assert_array_equal(arr, arrays[0], err_msg=name)
+
+
+def test_rescale_slope_and_intercept(tmp_path, dcm):
+    _write(dcm, tmp_path / "a.dcm", uid.ExplicitVRLittleEndian, slope=2.5, intercept=-1024)
+    inst = scan_path(tmp_path).studies[0].series[0].instances[0]
+    assert (inst.rescale_slope, inst.rescale_intercept) == (2.5, -1024)
+    np.testing.assert_allclose(inst.pixel_array(), PIXELS * 2.5 - 1024)
+
+
+def test_signed_pixels(tmp_path, dcm):
+    values = (np.arange(SIZE * SIZE).reshape(SIZE, SIZE) - 500).astype(np.int16)
+    ds = dcm.make_dataset(study_uid="1.2", series_uid="1.2.1", rows=SIZE, cols=SIZE, pixels=values, signed=True)
+    dcm.save(ds, tmp_path / "s.dcm")
+    np.testing.assert_array_equal(scan_path(tmp_path).studies[0].series[0].pixels(0), values.astype(np.float32))
+
+
+def test_monochrome1_is_inverted(tmp_path, dcm):
+    _write(dcm, tmp_path / "a.dcm", uid.ExplicitVRLittleEndian, photometric="MONOCHROME1")
+    inst = scan_path(tmp_path).studies[0].series[0].instances[0]
+    assert inst.photometric == "MONOCHROME1"
+    # 12 bits stored: 0 shows white in MONOCHROME1, so it becomes the top of the range, 4095.
+    np.testing.assert_array_equal(inst.pixel_array(), 4095.0 - PIXELS)
+
+
+def test_monochrome1_inversion_keeps_the_rescaled_range():
+    stored = np.array([[0, 4095]], dtype=np.uint16)
+    out = to_float(stored, 2.0, -100.0, "MONOCHROME1", 12, 0)
+    np.testing.assert_array_equal(out, [[2.0 * 4095 - 100, -100.0]])
+    assert stored_value_range(12, 1) == (-2048, 2047)
+
+
+def test_headers_scan_never_reads_pixels_decode_does(tmp_path, dcm):
+    # Native pixel data of the right length but a wrong declared size cannot be checked from the
+    # header's lengths alone: the scan keeps it, decoding it fails with a DicomError.
+    ds = dcm.make_dataset(study_uid="1.2", series_uid="1.2.1", rows=SIZE, cols=SIZE, pixels=PIXELS)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    dcm.save(ds, tmp_path / "short.dcm")
+    # Compressed pixel data whose codestream is garbage: the header is fine, the pixels are not.
+    good = tmp_path / "rle_src.dcm"
+    _write(dcm, good, uid.RLELossless, sop_uid=pydicom.uid.generate_uid())
+    ds = pydicom.dcmread(good)
+    good.unlink()
+    frame = bytearray(pydicom.encaps.generate_fragments(ds.PixelData).__next__())
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(64) + bytes(frame[64:])])
+    ds.SeriesInstanceUID = "1.2.2"
+    ds.save_as(tmp_path / "garbage_rle.dcm")
+    result = scan_path(tmp_path)
+    assert not result.skipped
+    instances = {i.path.name: i for st in result.studies for se in st.series for i in se.instances}
+    with pytest.raises(DicomError, match="short.dcm"):
+        instances["short.dcm"].pixel_array()
+    with pytest.raises(DicomError, match="garbage_rle.dcm: cannot decode"):
+        instances["garbage_rle.dcm"].pixel_array()
+
+
+def test_a_file_changed_after_the_scan_raises_dicom_error(tmp_path, dcm):
+    _write(dcm, tmp_path / "a.dcm", uid.ExplicitVRLittleEndian)
+    inst = scan_path(tmp_path).studies[0].series[0].instances[0]
+    (tmp_path / "a.dcm").write_text("gone")
+    with pytest.raises(DicomError, match="cannot read the file"):
+        inst.pixel_array()
+    (tmp_path / "a.dcm").unlink()
+    with pytest.raises(DicomError):
+        inst.pixel_array()
+
+
+def test_codec_problem_is_none_where_a_decoder_exists():
+    assert codec_problem(uid.ExplicitVRLittleEndian) is None
+    assert codec_problem(uid.RLELossless) is None  # pydicom decodes RLE itself
+    assert codec_problem("") is None
+    problem = codec_problem(uid.MPEG2MPML)
+    assert isinstance(problem, DicomError) and "no pixel decoder" in str(problem)
+
+
+_BLOCKED = ("pylibjpeg", "openjpeg", "libjpeg", "rle", "jpeg_ls", "PIL", "gdcm")
+
+
+def test_missing_codec_names_the_extra(tmp_path, dcm):
+    if not _encodable(uid.JPEG2000Lossless) or not _encodable(uid.JPEGLSLossless):
+        pytest.skip("needs the JPEG 2000 and JPEG-LS encoders to make the test files")
+    _write(dcm, tmp_path / "j2k" / "1.dcm", uid.JPEG2000Lossless)
+    _write(dcm, tmp_path / "jls" / "1.dcm", uid.JPEGLSLossless, sop_uid=pydicom.uid.generate_uid())
+    _write(dcm, tmp_path / "rle" / "1.dcm", uid.RLELossless, sop_uid=pydicom.uid.generate_uid())
+    # A fresh interpreter where the codec plugins' modules cannot be imported: a real
+    # ImportError inside pydicom's plugin discovery, as without the `codecs` extra.
+    script = textwrap.dedent(f"""
+        import json, sys
+        for name in {_BLOCKED!r}:
+            sys.modules[name] = None
+        from lumbar_edge.dicom import format_scan, scan_path
+        from lumbar_edge.errors import MissingDependencyError
+        out = {{}}
+        for folder in ("j2k", "jls", "rle"):
+            inst = scan_path(sys.argv[1] + "/" + folder).studies[0].series[0].instances[0]
+            try:
+                inst.pixel_array()
+                out[folder] = "decoded"
+            except MissingDependencyError as exc:
+                out[folder] = [str(exc), exc.extra]
+        out["table"] = format_scan(scan_path(sys.argv[1]))
+        print(json.dumps(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["rle"] == "decoded"
+    for folder, package in (("j2k", "pylibjpeg-openjpeg"), ("jls", "pyjpegls")):
+        message, extra = out[folder]
+        assert extra == "codecs"
+        assert "lumbar-edge[codecs]" in message and package in message
+        assert "\n" not in message
+    assert "note: series" in out["table"] and "lumbar-edge[codecs]" in out["table"]
+    # In this interpreter the plugins are there: the same files decode.
+    assert codec_problem(uid.JPEG2000Lossless) is None
+    inst = scan_path(tmp_path / "j2k").studies[0].series[0].instances[0]
+    np.testing.assert_array_equal(inst.pixel_array(), PIXELS.astype(np.float32))
+    assert "note:" not in format_scan(scan_path(tmp_path))
+
+
+def test_missing_dependency_error_shape():
+    exc = MissingDependencyError("decoding JPEG", ["pylibjpeg"], "codecs")
+    assert "pip install 'lumbar-edge[codecs]'" in str(exc)
