@@ -87,7 +87,6 @@ class HeaderRecord(NamedTuple):
 def read_header(path: str) -> Union[HeaderRecord, Skip]:
     """Read the scan tags of the file at ``path``; a HeaderRecord, or (category, reason) when
     the file cannot be used. Never raises for bad files (only for bugs)."""
-    from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     try:

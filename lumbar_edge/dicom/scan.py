@@ -14,7 +14,7 @@ import operator
 import time
 import warnings
 from collections import Counter, defaultdict
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -70,6 +70,7 @@ def scan_path(path: Union[str, os.PathLike], workers: Optional[int] = None,
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
         records = _read_headers(files, workers, executor, progress, skipped)
     studies = build_studies(records, rules, skipped)
+    skipped.sort(key=lambda s: str(s.path))  # the same report whatever order workers finished in
     for item in skipped:
         log.warning("skipped %s: %s", item.path, item.reason)
     return ScanResult(root=root, studies=studies, skipped=skipped, n_files=n_files,
@@ -164,24 +165,40 @@ def _can_fork() -> bool:
         return True
 
 
+def _read_chunk(paths: List[str]) -> List[object]:
+    return [read_header(p) for p in paths]
+
+
 def _map(files: List[str], mode: str, n_workers: int) -> Iterator[Tuple[str, object]]:
+    """(path, read_header(path)) for every file, in no particular order."""
     if mode == "serial" or len(files) <= 1:
         for path in files:
             yield path, read_header(path)
         return
-    pool: Executor
-    if mode == "process":
-        import multiprocessing
+    if mode == "thread":
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="dicom-header") as threads:
+            yield from zip(files, threads.map(read_header, files))
+        return
+    import multiprocessing
 
-        import pydicom  # noqa: F401 - imported before the fork so that workers start with it loaded
+    import pydicom  # noqa: F401 - imported before the fork so that workers start with it loaded
 
-        pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"))
-        chunk = max(16, len(files) // (n_workers * 8))
-    else:
-        pool = ThreadPoolExecutor(n_workers, thread_name_prefix="dicom-header")
-        chunk = 1
-    with pool:
-        yield from zip(files, pool.map(read_header, files, chunksize=chunk))
+    size = max(16, len(files) // (n_workers * 8))
+    chunks = [files[i:i + size] for i in range(0, len(files), size)]
+    # n_workers - 1 forked workers, and this process is the last worker: it takes chunks from the
+    # back of the queue that no worker has started (a pending future can still be cancelled).
+    # That saves a fork and the pickling of a share of the results, and keeps this core busy.
+    with ProcessPoolExecutor(max(1, n_workers - 1), mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_read_chunk, chunk) for chunk in chunks]
+        done = set()
+        for i in range(len(chunks) - 1, -1, -1):
+            if not futures[i].cancel():
+                break
+            done.add(i)
+            yield from zip(chunks[i], _read_chunk(chunks[i]))
+        for i, chunk in enumerate(chunks):
+            if i not in done:
+                yield from zip(chunk, futures[i].result())
 
 
 def build_studies(records: Iterable[HeaderRecord], rules: Optional[Sequence[ClassificationRule]],
