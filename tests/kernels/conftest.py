@@ -250,11 +250,36 @@ def _build(compiler: str, out: Path) -> Path:
     return lib
 
 
+@pytest.fixture(scope="session")
+def shim_builder(tmp_path_factory):
+    """``build(compiler)`` -> HostDecoder; each compiler's library is built once per session,
+    and a missing compiler skips the requesting test."""
+    built = {}
+
+    def build(compiler: str) -> HostDecoder:
+        if shutil.which(compiler) is None:
+            pytest.skip(f"{compiler} not found on PATH")
+        if compiler not in built:
+            built[compiler] = HostDecoder(_build(compiler, tmp_path_factory.mktemp("decode_host")), compiler)
+        return built[compiler]
+
+    return build
+
+
 @pytest.fixture(scope="session", params=["g++", "nvcc"])
-def host_decoder(request, tmp_path_factory):
+def host_decoder(request, shim_builder):
     """The host shim compiled by g++ (plain C++ side of the header) and by nvcc -x cu (its
-    __CUDACC__ side, __host__ __device__ functions on the host); built once per session."""
-    compiler = request.param
-    if shutil.which(compiler) is None:
-        pytest.skip(f"{compiler} not found on PATH")
-    return HostDecoder(_build(compiler, tmp_path_factory.mktemp("decode_host")), compiler)
+    __CUDACC__ side, __host__ __device__ functions on the host)."""
+    return shim_builder(request.param)
+
+
+@pytest.fixture(scope="session")
+def gxx_host_decoder(shim_builder):
+    """The g++ build only, for tests that need one CPU stand-in for the kernel."""
+    return shim_builder("g++")
+
+
+@pytest.fixture(scope="session")
+def nvcc_host_decoder(shim_builder):
+    """The nvcc -x cu build only: the one with the header's __half path."""
+    return shim_builder("nvcc")
