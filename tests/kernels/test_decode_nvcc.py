@@ -87,3 +87,20 @@ def test_kernel_has_no_spills_or_local_memory(ptxas_report, entry, arch, record_
     assert usage["stack"] == 0 and usage["lmem"] == 0, usage
     # __launch_bounds__(256) lets ptxas use up to 255; staying low keeps many blocks resident.
     assert 0 < usage["registers"] <= 64, usage
+
+
+def test_inlined_source_compiles_as_pycuda_compiles_it(tmp_path):
+    """pycuda's SourceModule writes the text to a temporary kernel.cu and runs nvcc --cubin there,
+    with no include path: the inlined source must stand alone and keep unmangled entry names."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found on PATH: the CUDA toolkit is not installed")
+    from lumbar_edge.decode_cuda import kernel_source
+
+    (tmp_path / "kernel.cu").write_text(kernel_source(), encoding="utf-8")
+    cmd = [nvcc, "--cubin", "-arch", "sm_90", "-o", "kernel.cubin", "kernel.cu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    binary = (tmp_path / "kernel.cubin").read_bytes()
+    for name in KERNEL_NAMES.values():
+        assert b"\0" + name.encode() + b"\0" in binary, f"{name} is not an unmangled symbol of the cubin"

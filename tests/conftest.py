@@ -1,0 +1,55 @@
+"""Suite-wide pytest hooks.
+
+Tests marked ``gpu`` (see pytest.ini) are skipped, with the reason shown by ``-ra``, when this
+machine has no NVIDIA GPU. A GPU counts as present when ``nvidia-smi -L`` lists one or, where
+there is no nvidia-smi (Jetson), when pycuda reports a CUDA device. Tests that need a package
+besides the GPU (pycuda, tensorrt, torch) still skip themselves when it is missing.
+"""
+import shutil
+import subprocess
+
+import pytest
+
+
+def _gpu_missing_reason() -> "str | None":
+    """None when a GPU is present, else why not (one line)."""
+    reasons = []
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        reasons.append("nvidia-smi is not on PATH")
+    else:
+        try:
+            proc = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            reasons.append(f"nvidia-smi failed ({exc})")
+        else:
+            if proc.returncode == 0 and any(line.startswith("GPU ") for line in proc.stdout.splitlines()):
+                return None
+            reasons.append(f"nvidia-smi -L lists no GPU (exit {proc.returncode})")
+    try:
+        import pycuda.driver as cuda
+    except (ImportError, OSError) as exc:
+        reasons.append(f"pycuda is not usable ({exc})")
+    else:
+        try:
+            cuda.init()
+            count = cuda.Device.count()
+        except cuda.Error as exc:
+            reasons.append(f"cuInit failed ({exc})")
+        else:
+            if count > 0:
+                return None
+            reasons.append("pycuda reports 0 CUDA devices")
+    return "no NVIDIA GPU: " + "; ".join(reasons)
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    reason = _gpu_missing_reason()  # probed once per session, and only when gpu tests were collected
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in gpu_items:
+        item.add_marker(skip)
