@@ -101,7 +101,8 @@ class Header:
         self.end = 0  # offset where parsing stopped
 
     def values(self) -> Dict[str, object]:
-        """Keyword -> value as pydicom would give it: str, list of str (multi-valued), or int (US)."""
+        """Keyword -> value: int (US, IS), float (DS), str, or a list of those when multi-valued.
+        A number that does not parse stays text (the caller treats it as absent)."""
         return {kw: _decode(vr, raw) for kw, (vr, raw) in self.raw.items()}
 
 
@@ -246,11 +247,26 @@ def _text(raw: bytes) -> str:
     return text.strip(" \x00")
 
 
+def _number(raw: bytes, vr: str):
+    """The DS/IS value(s) as float/int (a list when multi-valued), or None when it is not plain
+    numbers; decoding them here saves a text round trip per value on the scan's hot path."""
+    try:
+        if b"\\" in raw:
+            return [float(part) for part in raw.split(b"\\")]
+        return float(raw) if vr == "DS" else int(raw)
+    except ValueError:
+        return None
+
+
 def _decode(vr: str, raw: bytes):
     if vr == "US":
         if len(raw) < 2:
             return None
         return _U16.unpack(raw[:2])[0]
+    if vr == "DS" or vr == "IS":
+        number = _number(raw, vr)
+        if number is not None:
+            return number
     text = _text(raw)
     if "\\" in text:
         return [part.strip(" \x00") for part in text.split("\\")]

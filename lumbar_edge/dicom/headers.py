@@ -11,7 +11,7 @@ import math
 import os
 import stat
 import struct
-from typing import Any, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 from .fastread import Truncated, Unhandled, read_tags
 
@@ -87,8 +87,6 @@ class HeaderRecord(NamedTuple):
 def read_header(path: str) -> Union[HeaderRecord, Skip]:
     """Read the scan tags of the file at ``path``; a HeaderRecord, or (category, reason) when
     the file cannot be used. Never raises for bad files (only for bugs)."""
-    from pydicom.errors import InvalidDicomError
-
     try:
         st = os.stat(path)  # follows a symbolic link to what it points at
     except FileNotFoundError:
@@ -107,32 +105,23 @@ def read_header(path: str) -> Union[HeaderRecord, Skip]:
             try:
                 head = read_tags(fp, st.st_size)
             except Unhandled:
-                head = None  # not a plain little-endian file: pydicom decides below
+                # Not a plain little-endian file: pydicom decides (and is imported only then, so
+                # a scan of ordinary files does not pay for importing it).
+                fp.seek(0)
+                return _read_with_pydicom(fp, path, st.st_size)
             except Truncated as exc:
                 return "truncated", f"truncated: {exc}"
-            if head is not None:
-                values: Mapping[str, Any] = head.values()
-                ts, media_class = head.transfer_syntax, head.media_sop_class
-                pixel = _pixel_verdict(head.pixel_tag, head.pixel_offset, head.pixel_header, head.pixel_length,
-                                       head.end, st.st_size)
-            else:
-                fp.seek(0)
-                values, ts, media_class, pixel = _read_with_pydicom(fp, path, st.st_size)
-    except InvalidDicomError as exc:
-        return "not_dicom", f"not a DICOM file ({_first_line(exc)})"
     except PermissionError:
         return "unreadable", "permission denied"
     except IsADirectoryError:
         return "not_regular", "is a folder"
     except OSError as exc:
         return "unreadable", f"cannot read: {exc.strerror or exc}"
-    except (EOFError, struct.error) as exc:
-        return "truncated", f"truncated or corrupt header ({_first_line(exc) or type(exc).__name__})"
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input; any is a skip
-        return "corrupt", f"unreadable DICOM header ({type(exc).__name__}: {_first_line(exc)})"
+    pixel = _pixel_verdict(head.pixel_tag, head.pixel_offset, head.pixel_header, head.pixel_length, head.end,
+                           st.st_size)
     try:
-        return _record(path, values, ts, media_class, pixel)
-    except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily; malformed ones raise anything
+        return _record(path, head.values(), head.transfer_syntax, head.media_sop_class, pixel)
+    except Exception as exc:  # noqa: BLE001 - a malformed value must skip the file, whatever it raises
         return "corrupt", f"malformed header value ({type(exc).__name__}: {_first_line(exc)})"
 
 
@@ -146,19 +135,35 @@ class _DatasetValues:
         return self.ds.get(keyword, default)
 
 
-def _read_with_pydicom(fp, path: str, size: int):
-    """The slow, general path: pydicom reads the scan tags (big endian, deflate, odd files)."""
+def _read_with_pydicom(fp, path: str, size: int) -> Union[HeaderRecord, Skip]:
+    """The general path: pydicom reads the scan tags (big endian, deflate, files without a
+    preamble, odd structures); any error it raises makes the file a skip."""
     from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
 
-    ds = dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
-    meta = getattr(ds, "file_meta", None)
-    ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
-    media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta else ""
-    if ts == _DEFLATED:
-        pixel = _deflated_pixel_check(path)
-    else:
-        pixel = _pixel_element_check(fp, ds, size)
-    return _DatasetValues(ds), ts, media_class, pixel
+    try:
+        ds = dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
+        meta = getattr(ds, "file_meta", None)
+        ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
+        media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta else ""
+        if ts == _DEFLATED:
+            pixel = _deflated_pixel_check(path)
+        else:
+            pixel = _pixel_element_check(fp, ds, size)
+    except InvalidDicomError as exc:
+        return "not_dicom", f"not a DICOM file ({_first_line(exc)})"
+    except PermissionError:
+        return "unreadable", "permission denied"
+    except OSError as exc:
+        return "unreadable", f"cannot read: {exc.strerror or exc}"
+    except (EOFError, struct.error) as exc:
+        return "truncated", f"truncated or corrupt header ({_first_line(exc) or type(exc).__name__})"
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input; any is a skip
+        return "corrupt", f"unreadable DICOM header ({type(exc).__name__}: {_first_line(exc)})"
+    try:
+        return _record(path, _DatasetValues(ds), ts, media_class, pixel)
+    except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily; malformed ones raise anything
+        return "corrupt", f"malformed header value ({type(exc).__name__}: {_first_line(exc)})"
 
 
 def _record(path: str, ds, ts: str, media_class: str, pixel: Optional[Skip]) -> Union[HeaderRecord, Skip]:
@@ -290,7 +295,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:160] if text else ""
 
 
+# The converters below take pydicom's values (str, DSfloat, IS, MultiValue) or the fast
+# reader's (int, float, str, list); exact-type checks first because they are the common case.
+
 def _int(value: Any) -> Optional[int]:
+    if type(value) is int:
+        return value
     if value is None or value == "":
         return None
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
@@ -302,6 +312,8 @@ def _int(value: Any) -> Optional[int]:
 
 
 def _float(value: Any, default: Optional[float] = None) -> Optional[float]:
+    if type(value) is float:
+        return value if math.isfinite(value) else default
     if value is None or value == "":
         return default
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
@@ -333,4 +345,6 @@ def _codes(value: Any) -> Tuple[str, ...]:
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:
+        return value.strip()
     return "" if value is None else str(value).strip()

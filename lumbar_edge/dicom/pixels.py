@@ -23,6 +23,11 @@ _CODEC_PACKAGES = {
 }
 
 
+#: Uncompressed syntaxes (implicit/explicit little endian, deflated, big endian): pydicom decodes
+#: them itself.
+_NATIVE = frozenset(("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"))
+
+
 def _family(ts: str) -> str:
     if ts in ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"):
         return "jpegls"
@@ -36,11 +41,13 @@ def _family(ts: str) -> str:
 def codec_problem(transfer_syntax_uid: str) -> Optional[Exception]:
     """The error decoding this transfer syntax would raise for lack of a decoder, or None when a
     decoder is available (or the syntax is native / unknown to pydicom's registry)."""
+    if not transfer_syntax_uid or transfer_syntax_uid in _NATIVE:
+        return None  # without importing pydicom: the scan table asks this for every series
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID
 
     uid = UID(transfer_syntax_uid)
-    if not transfer_syntax_uid or not uid.is_transfer_syntax or not uid.is_compressed:
+    if not uid.is_transfer_syntax or not uid.is_compressed:
         return None
     try:
         decoder = get_decoder(uid)

@@ -181,8 +181,6 @@ def _map(files: List[str], mode: str, n_workers: int) -> Iterator[Tuple[str, obj
         return
     import multiprocessing
 
-    import pydicom  # noqa: F401 - imported before the fork so that workers start with it loaded
-
     size = max(16, len(files) // (n_workers * 8))
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     # n_workers - 1 forked workers, and this process is the last worker: it takes chunks from the

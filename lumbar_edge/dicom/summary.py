@@ -53,9 +53,10 @@ def format_scan(result: ScanResult) -> str:
         for r in rows:
             lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
         for s in study.series:
-            problems = {str(codec_problem(i.transfer_syntax_uid)) for i in s.instances
-                        if codec_problem(i.transfer_syntax_uid) is not None}
-            for problem in sorted(problems):
+            # A series whose pixels need a codec plugin that is missing still scans; say so here
+            # rather than at the first decode.
+            problems = (codec_problem(ts) for ts in {i.transfer_syntax_uid for i in s.instances})
+            for problem in sorted(str(p) for p in problems if p is not None):
                 lines.append(f"  note: series {s.series_id}: {problem}")
         lines.append("")
     if not result.studies:
