@@ -1,0 +1,41 @@
+"""Rendering one whole study in memory: the plan plus the pixels of its three series."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from .options import SynthOptions
+from .plan import StudyPlan, plan_study, study_rng
+from .render import render_series
+
+
+@dataclass(frozen=True)
+class RenderedStudy:
+    """One study in memory: ``plan`` (ids, geometry, protocol, grades, labels, 3D truth) and
+    ``images[series_id]``, a uint16 array (n_slices, rows, cols) in instance order."""
+
+    plan: StudyPlan
+    images: Dict[int, np.ndarray]
+
+    @property
+    def study_id(self) -> int:
+        return self.plan.study_id
+
+    def image(self, kind: str) -> np.ndarray:
+        """The pixels of the series of ``kind`` (sagittal_t1, sagittal_t2 or axial_t2)."""
+        return self.images[self.plan.series_of(kind).series_id]
+
+
+def render_study(seed: int, index: int, options: Optional[SynthOptions] = None,
+                 ids: Optional[Tuple[int, Tuple[int, int, int]]] = None) -> RenderedStudy:
+    """Plan and render study ``index`` of the dataset made with ``seed``, writing nothing.
+
+    Pure: the same arguments give the same arrays in any process. Raises
+    :class:`~lumbar_edge.errors.InputError` for invalid options.
+    """
+    plan = plan_study(seed, index, options, ids)
+    rng = study_rng(seed, index, 4)
+    images = {s.series_id: render_series(plan.anatomy, s.geometry, s.acquisition, rng) for s in plan.series}
+    return RenderedStudy(plan, images)
