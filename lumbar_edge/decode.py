@@ -163,7 +163,7 @@ def softmax3(logits: np.ndarray) -> np.ndarray:
 def peak_index(heatmap: np.ndarray) -> np.ndarray:
     """Flat argmax over the last two axes of ``heatmap`` [..., h, w] with the module's tie and
     NaN rules (lowest index wins; NaN below everything; all-NaN -> 0). Returns int32."""
-    flat = heatmap.reshape(heatmap.shape[:-2] + (-1,))
+    flat = heatmap.reshape(heatmap.shape[:-2] + (heatmap.shape[-2] * heatmap.shape[-1],))
     nan = np.isnan(flat)
     row_max = np.where(nan, -np.inf, flat).max(axis=-1, keepdims=True)
     # First cell equal to the max: NaN never equals it, so [NaN, -inf] picks the -inf, and an
