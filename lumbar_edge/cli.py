@@ -29,7 +29,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the scan as JSON instead of a table.")
-@click.option("--workers", type=int, default=None, help="Header-reading threads (default: CPU count x 4).")
+@click.option("--workers", type=int, default=None, help="Header-reading processes (default: CPU count; small folders are read in one process).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def scan(path: Path, as_json: bool, workers: Optional[int], quiet: bool) -> None:
     """Scan PATH (a study folder or a root of many) and list studies, series and skipped files."""
@@ -181,6 +181,11 @@ def demo(out_dir: Path, quiet: bool) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    import logging
+
+    # pydicom logs a traceback when a pixel plugin fails; lumbar-edge reports those as one-line
+    # DicomErrors itself, so the CLI keeps pydicom's own log to critical messages.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="lumbar-edge",
                  standalone_mode=False)
