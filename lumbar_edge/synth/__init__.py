@@ -9,10 +9,11 @@
 The phantom (:mod:`.anatomy`) is one 3D spine per study, sampled on every series' slice planes;
 stenosis grades narrow the canal, foramina and lateral recesses locally and visibly.
 """
+from .dataset import TRUTH_FILE, SynthSummary, load_truth, synthesize
 from .options import SynthOptions
 from .plan import LabelPoint, SeriesPlan, StudyPlan, allocate_ids, plan_study
 from .render import SeriesGeometry, paint_geometry
 from .study import RenderedStudy, render_study
 
-__all__ = ["SynthOptions", "LabelPoint", "SeriesPlan", "StudyPlan", "allocate_ids", "plan_study",
+__all__ = ["synthesize", "SynthSummary", "load_truth", "TRUTH_FILE", "SynthOptions", "LabelPoint", "SeriesPlan", "StudyPlan", "allocate_ids", "plan_study",
            "SeriesGeometry", "paint_geometry", "RenderedStudy", "render_study"]
