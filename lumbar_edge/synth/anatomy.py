@@ -275,6 +275,9 @@ def build_anatomy(rng: np.random.Generator, narrowing: Dict[Tuple[str, str], flo
         depth = (17.0 * sc, 15.0 * sc, 7.0 * sc, 3.0 * sc)
         paint(ProfileTube(knots, xs, widths, widths, tuple(-2.0 * sc - v for v in depth),
                           tuple(-2.0 * sc + v for v in depth)), "muscle")
+    # Interspinous ligaments and the medial multifidus between the spinous processes.
+    paint(ProfileTube(ends, (0.0, 0.0), (5.0 * sc,) * 2, (5.0 * sc,) * 2, (d_mid_body + a_canal,) * 2,
+                      (para_hi,) * 2, p=3.0), "muscle")
     # Aorta (left) dividing at L4 into the iliac arteries; IVC (right).
     ao_d = -D[3] - 14.0 * sc
     paint(Capsule((10.0 * sc, s_top + 40.0, ao_d), (10.0 * sc, body_s[4], ao_d), 8.5 * sc, 8.0 * sc), "vessel")
@@ -380,7 +383,7 @@ def build_anatomy(rng: np.random.Generator, narrowing: Dict[Tuple[str, str], flo
             f = narrowing[(f"{name}_subarticular_stenosis", lv)]
             paint(SuperEllipsoid.make((side * (xr + 1.8 * sc), ds_, dr + 2.2 * sc), (5.2 * sc, 8.0 * sc, 5.2 * sc)),
                   "ligament")
-            paint(SuperEllipsoid.make((side * xr, ds_, dr), (3.4 * sc * f, 7.0 * sc, 3.0 * sc * f)), "epidural_fat")
+            paint(SuperEllipsoid.make((side * xr, ds_, dr), (4.0 * sc * f, 7.0 * sc, 3.4 * sc * f)), "epidural_fat")
             paint(Capsule((side * (xr - 1.2 * sc), ds_ + 10.0 * sc, dr - 0.6 * sc),
                           (side * (xr - 0.8 * sc), ds_ - 12.0 * sc, dr - 0.4 * sc),
                           1.2 * sc * (0.6 + 0.4 * f), 1.2 * sc * (0.6 + 0.4 * f)), "nerve")
