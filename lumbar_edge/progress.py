@@ -33,6 +33,7 @@ class Progress:
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         # Without a terminal, print at most ~10 lines per job so logs stay readable.
         self._next_plain_fraction = 0.0
+        self._plain_printed: "tuple | None" = None
 
     def __enter__(self) -> "Progress":
         return self
@@ -79,7 +80,10 @@ class Progress:
             self.stream.flush()
             return
         frac = (self.count / self.total) if self.total else None
+        if final and self._plain_printed == (self.count, self.postfix):
+            return  # the last plain line already shows the final state
         if final or (frac is not None and frac >= self._next_plain_fraction):
+            self._plain_printed = (self.count, self.postfix)
             if frac is not None:
                 self._next_plain_fraction = frac + 0.1
             self.stream.write(self._line() + "\n")

@@ -278,7 +278,8 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
                 scaler.update()
                 scheduler.step()
                 for k, v in {"loss": total, **parts}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    if k != "total":
+                        sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
                 bar.update()
                 bar.set_postfix(" ".join(f"{k}={v / bar.count:.3f}" for k, v in sums.items()))
         epoch_metrics = {f"train_{k}": v / max(1, len(batches)) for k, v in sums.items()}
