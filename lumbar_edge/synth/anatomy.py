@@ -363,7 +363,8 @@ def build_anatomy(rng: np.random.Generator, narrowing: Dict[Tuple[str, str], flo
             cx = side * xf
             paint(SuperEllipsoid.make((cx, sf, df), (rx + 1.5 * sc, rs + 2.0 * sc, rd + 2.5 * sc)), "fibrous")
             rs_f = rs * (0.55 + 0.45 * f)
-            paint(SuperEllipsoid.make((cx, sf, df), (rx * (0.75 + 0.25 * f), rs_f, rd * f)), "fat")
+            # As for the recess, ~2 mm of fat stays around the centre when severe.
+            paint(SuperEllipsoid.make((cx, sf, df), (rx * (0.75 + 0.25 * f), rs_f, rd * (0.15 + 0.85 * f))), "fat")
             root_s = sf + 0.42 * rs_f
             root_r = 2.3 * sc
             paint(SuperEllipsoid.make((cx, root_s, df), (rx + 3.0 * sc, root_r, root_r * (0.45 + 0.55 * f))), "nerve")
@@ -383,7 +384,10 @@ def build_anatomy(rng: np.random.Generator, narrowing: Dict[Tuple[str, str], flo
             f = narrowing[(f"{name}_subarticular_stenosis", lv)]
             paint(SuperEllipsoid.make((side * (xr + 1.8 * sc), ds_, dr + 2.2 * sc), (5.2 * sc, 8.0 * sc, 5.2 * sc)),
                   "ligament")
-            paint(SuperEllipsoid.make((side * xr, ds_, dr), (4.0 * sc * f, 7.0 * sc, 3.4 * sc * f)), "epidural_fat")
+            # The space keeps ~1.5 mm around the label point even when severe, so the point
+            # itself stays in it: the grade shows in the size, not in the pixel at the point.
+            fr = 0.2 + 0.8 * f
+            paint(SuperEllipsoid.make((side * xr, ds_, dr), (4.0 * sc * fr, 7.0 * sc, 3.4 * sc * fr)), "epidural_fat")
             paint(Capsule((side * (xr - 1.2 * sc), ds_ + 10.0 * sc, dr - 0.6 * sc),
                           (side * (xr - 0.8 * sc), ds_ - 12.0 * sc, dr - 0.4 * sc),
                           1.2 * sc * (0.6 + 0.4 * f), 1.2 * sc * (0.6 + 0.4 * f)), "nerve")
