@@ -7,7 +7,7 @@ result, and study ``i`` is the same whether a dataset has 3 or 300 studies.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Dict, List, Optional, Sequence, Tuple
 

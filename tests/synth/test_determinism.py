@@ -5,7 +5,7 @@ import hashlib
 
 import numpy as np
 
-from lumbar_edge.synth import SynthOptions, allocate_ids, render_study, synthesize
+from lumbar_edge.synth import allocate_ids, render_study, synthesize
 from synth_helpers import TINY_SEED, TINY_STUDIES
 
 

@@ -103,3 +103,12 @@ def test_options_validation():
     with pytest.raises(InputError):
         SynthOptions(bits_stored=10)
     assert SynthOptions.tiny(stir_probability=1.0).stir_probability == 1.0
+
+
+def test_stir_series_when_asked():
+    plan = plan_study(3, 0, SynthOptions.tiny(stir_probability=1.0))
+    s = plan.series_of("sagittal_t2")
+    assert s.sequence == "STIR" and "IR" in s.timing["ScanningSequence"] and 150 <= s.timing["InversionTime"] <= 200
+    assert plan.series_of("sagittal_t2").description == "Sagittal T2/STIR"
+    plan = plan_study(3, 0, SynthOptions.tiny(stir_probability=0.0))
+    assert plan.series_of("sagittal_t2").sequence == "T2" and "InversionTime" not in plan.series_of("sagittal_t2").timing
