@@ -53,3 +53,19 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=reason)
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_rsna(tmp_path_factory):
+    """Two small RSNA-layout datasets made by the project's own generator: (train, val) folders.
+
+    Shared by the training, export, pipeline and infer tests; session-scoped because rendering
+    even tiny studies takes a few seconds.
+    """
+    from lumbar_edge.synth import SynthOptions, synthesize
+
+    root = tmp_path_factory.mktemp("tiny_rsna")
+    opts = SynthOptions.tiny(partly_unlabelled_fraction=0.0)
+    synthesize(root / "train", n_studies=4, seed=11, workers=1, options=opts)
+    synthesize(root / "val", n_studies=2, seed=12, workers=1, options=opts)
+    return root / "train", root / "val"

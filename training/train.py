@@ -47,6 +47,7 @@ class TrainConfig:
     backbone: str = "resnet18"
     attention: bool = True
     decoder_channels: int = 128
+    width: int = 64  # ResNet base width; 64 is the standard ResNet, smaller is for tests and quick runs
     backbone_weights: Optional[str] = None
     size: int = 256
     in_channels: int = 3
@@ -93,7 +94,7 @@ class TrainConfig:
         layout = self.layout
         return ModelConfig(backbone=self.backbone, in_channels=self.in_channels, num_keypoints=layout.num_keypoints,
                            num_conditions=layout.num_conditions, attention=self.attention,
-                           decoder_channels=self.decoder_channels)
+                           decoder_channels=self.decoder_channels, width=self.width)
 
 
 @dataclass
@@ -239,8 +240,22 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
         state = load_checkpoint(resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         first_epoch = int(state["epoch"]) + 1
+        if int(state["scheduler"].get("total_steps", -1)) == cfg.epochs * steps_per_epoch:
+            scheduler.load_state_dict(state["scheduler"])
+        else:
+            # The run was extended (or its data changed): continue with a fresh one-cycle schedule
+            # over the epochs that remain rather than stepping past the old schedule's end.
+            remaining = max(1, cfg.epochs - first_epoch) * steps_per_epoch
+            for group in optimizer.param_groups:
+                group.pop("initial_lr", None)
+                group.pop("max_lr", None)
+                group.pop("min_lr", None)
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=remaining,
+                                                            pct_start=0.15)
+            if is_main:
+                log.warning("the schedule length changed since the checkpoint; the learning-rate schedule "
+                            "restarts for the %d remaining epochs", cfg.epochs - first_epoch)
         best_score = float(state["best_score"])
         torch.set_rng_state(state["torch_rng"])
         if is_main:
