@@ -150,8 +150,10 @@ def _read_with_pydicom(fp, path: str, size: int) -> Union[HeaderRecord, Skip]:
             pixel = _deflated_pixel_check(path)
         else:
             pixel = _pixel_element_check(fp, ds, size)
-    except InvalidDicomError as exc:
-        return "not_dicom", f"not a DICOM file ({_first_line(exc)})"
+    except InvalidDicomError:
+        # pydicom raises this only for a missing 'DICM' prefix / file meta; its own text goes
+        # on to advise force=True, which is not advice for a user of a scan.
+        return "not_dicom", "not a DICOM file (no DICM prefix or file meta header)"
     except PermissionError:
         return "unreadable", "permission denied"
     except OSError as exc:
