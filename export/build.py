@@ -23,6 +23,8 @@ from .onnx_export import DEFAULT_OPSET, FP32_TOLERANCES, export_checkpoint, opse
 
 log = logging.getLogger("lumbar_edge.export")
 
+#: The FP32 state dict's file name in a bundle (for the torch backend).
+WEIGHTS_FILE = "model.pt"
 #: Parity inputs taken from validation or calibration data (enough to exercise every head).
 PARITY_SLICES = 8
 
@@ -202,8 +204,14 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
                     "metrics": state.get("metrics", {}), "train_config": train_cfg}
         if priors_source:
             training["class_priors_source"] = priors_source
+        # The FP32 weights alone (a state dict, loadable with weights_only=True) for the torch backend.
+        import torch
+
+        weights_path = work / WEIGHTS_FILE
+        torch.save(state["model"], weights_path)
+        files[WEIGHTS_FILE] = weights_path
         manifest = build_manifest(name, pre, layout, state["model_config"], models, training=training,
-                                  class_priors=priors)
+                                  class_priors=priors, weights={"file": WEIGHTS_FILE})
         bundle = write_bundle(out, manifest, files, overwrite=overwrite)
     return ExportSummary(bundle=bundle, parity=exported.parity.to_dict(), models=bundle.manifest["models"],
                          validation=validation)

@@ -25,11 +25,13 @@ from .errors import ExportError
 def build_manifest(name: str, preprocess: PreprocessConfig, layout: HeadLayout, model_config: Mapping[str, object],
                    models: Iterable[Mapping[str, object]], *, training: Optional[Mapping[str, object]] = None,
                    class_priors: Optional[Mapping[str, Iterable[float]]] = None, stride: int = 4,
-                   engines: Iterable[Mapping[str, object]] = (), clinical_use: str = CLINICAL_USE) -> dict:
+                   engines: Iterable[Mapping[str, object]] = (), clinical_use: str = CLINICAL_USE,
+                   weights: Optional[Mapping[str, object]] = None) -> dict:
     """The manifest dict of a bundle (without sha256s: :func:`write_bundle` fills those in).
 
     ``models``: entries with at least ``precision`` and ``file`` (plus opset, parity, calibration,
-    accuracy_vs_fp32...). Channel counts of the outputs come from ``layout``.
+    accuracy_vs_fp32...). ``weights``: the entry of the FP32 state dict (``{"file": "model.pt"}``)
+    for the torch backend. Channel counts of the outputs come from ``layout``.
     """
     k, c = layout.num_keypoints, layout.num_conditions
     manifest = {
@@ -53,6 +55,8 @@ def build_manifest(name: str, preprocess: PreprocessConfig, layout: HeadLayout, 
         "models": [dict(m) for m in models],
         "engines": [dict(e) for e in engines],
     }
+    if weights is not None:
+        manifest["weights"] = dict({"format": "torch-state-dict", "precision": "fp32"}, **weights)
     if class_priors:
         manifest["class_priors"] = {cond: [float(v) for v in probs] for cond, probs in class_priors.items()}
     return manifest
@@ -81,7 +85,8 @@ def write_bundle(out: Union[str, Path], manifest: Mapping[str, object], files: M
     data = dict(manifest)
     entries: List[Dict[str, object]] = [dict(e) for e in data.get("models", [])]
     engines: List[Dict[str, object]] = [dict(e) for e in data.get("engines", [])]
-    named = {str(e.get("file")) for e in entries + engines}
+    weights: List[Dict[str, object]] = [dict(data["weights"])] if data.get("weights") is not None else []
+    named = {str(e.get("file")) for e in entries + engines + weights}
     missing = sorted(named - set(files))
     if missing:
         raise ExportError(f"bundle manifest lists {', '.join(missing)} but no such file was given")
@@ -94,9 +99,11 @@ def write_bundle(out: Union[str, Path], manifest: Mapping[str, object], files: M
             if Path(name).is_absolute() or ".." in Path(name).parts:
                 raise ExportError(f"bundle file name {name!r} must be relative and inside the bundle")
             shutil.copyfile(src, staging / name)
-        for entry in entries + engines:
+        for entry in entries + engines + weights:
             entry["sha256"] = sha256_file(staging / str(entry["file"]))
         data["models"], data["engines"] = entries, engines
+        if weights:
+            data["weights"] = weights[0]
         os.chmod(staging, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
         (staging / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         try:
@@ -122,4 +129,46 @@ def write_bundle(out: Union[str, Path], manifest: Mapping[str, object], files: M
     return Bundle.load(out)
 
 
-__all__ = ["build_manifest", "write_bundle"]
+def add_engine(bundle_path: Union[str, Path], entry: Mapping[str, object], engine_file: Union[str, Path]) -> dict:
+    """Add (or replace, by file name) a TensorRT engine in an existing bundle.
+
+    ``entry`` is the engine's manifest entry (``file``, ``precision``, ``tensorrt_version``,
+    ``gpu_name``, ``compute_capability``, ``version_compatible``, ``max_batch``...); ``sha256`` is
+    computed here. The engine is copied in under a temporary name and renamed, then the manifest is
+    rewritten to a temporary file and renamed over the old one, and the bundle is verified; on a
+    failed verification the previous manifest is put back. Returns the entry as written. Raises
+    :class:`ExportError` for a bad file name, a missing engine file or a bundle that does not load.
+    """
+    root = Path(bundle_path)
+    try:
+        bundle = Bundle.load(root)
+    except BundleError as exc:
+        raise ExportError(f"cannot add an engine: {exc}") from exc
+    name = str(entry.get("file", ""))
+    if not name or Path(name).name != name or not name.endswith(".engine"):
+        raise ExportError(f"engine file name {name!r} must be a plain *.engine name inside the bundle")
+    src = Path(engine_file)
+    if not src.is_file():
+        raise ExportError(f"cannot add {name} to the bundle: {src} does not exist")
+    written = dict(entry)
+    tmp_engine = root / f".{name}.tmp"
+    shutil.copyfile(src, tmp_engine)
+    written["sha256"] = sha256_file(tmp_engine)
+    os.replace(tmp_engine, root / name)
+    manifest = dict(bundle.manifest)
+    manifest["engines"] = [e for e in bundle.engines if e.get("file") != name] + [written]
+    manifest_path = root / MANIFEST
+    old_text = manifest_path.read_text(encoding="utf-8")
+    tmp_manifest = root / f".{MANIFEST}.tmp"
+    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp_manifest, manifest_path)
+    try:
+        Bundle.load(root)
+    except BundleError as exc:
+        tmp_manifest.write_text(old_text, encoding="utf-8")
+        os.replace(tmp_manifest, manifest_path)
+        raise ExportError(f"the bundle does not verify after adding {name}: {exc}") from exc
+    return written
+
+
+__all__ = ["add_engine", "build_manifest", "write_bundle"]

@@ -15,7 +15,9 @@ Manifest (``format: "lumbar-edge-bundle"``, ``format_version: 1``)::
     model_config, training {epoch, metrics, ...}, class_priors {condition: [3 floats]} (optional)
     models  [{precision, file, sha256, opset, parity?, calibration?, accuracy_vs_fp32?, ...}]
     engines [{file, sha256, precision, tensorrt_version, gpu_name, compute_capability,
-              version_compatible, ...}]
+              version_compatible, max_batch, ...}]
+    weights {file: "model.pt", sha256, format: "torch-state-dict"} (optional: the FP32 weights, for the
+            torch backend, which rebuilds the network from ``model_config``)
 
 :meth:`Bundle.load` checks that the manifest exists and parses, that the format and version are
 supported, and that every listed file (models and engines) exists with its recorded sha256.
@@ -118,8 +120,10 @@ class Bundle:
         return bundle
 
     def files(self) -> List[dict]:
-        """Every file entry of the manifest: models, then engines."""
+        """Every file entry of the manifest: models, engines, then the weights (if any)."""
         entries = list(self.manifest.get("models", [])) + list(self.manifest.get("engines", []))
+        if self.manifest.get("weights") is not None:
+            entries.append(self.manifest["weights"])
         for entry in entries:
             if not isinstance(entry, dict):
                 raise BundleError(f"bundle {self.root}: a file entry is not an object: {entry!r}")
@@ -178,6 +182,12 @@ class Bundle:
     def engines(self) -> List[dict]:
         """TensorRT engine entries (each with file, precision, tensorrt_version, compute_capability...)."""
         return list(self.manifest.get("engines", []))
+
+    @property
+    def weights_path(self) -> "Path | None":
+        """The FP32 PyTorch state dict (``model.pt``) when the bundle has one, else ``None``."""
+        entry = self.manifest.get("weights")
+        return None if entry is None else _safe_file(self.root, entry.get("file"), "the weights")
 
     def engine_path(self, entry: Mapping[str, object]) -> Path:
         return _safe_file(self.root, entry.get("file"), "an engine")

@@ -235,13 +235,14 @@ class CudaDecoder:
 
     def decode(self, heatmap_ptr: int, offset_ptr: int, severity_ptr: int, n: int, k: int, h: int, w: int,
                groups: "Sequence[int] | np.ndarray", dtype="float32", stream=None, *,
-               num_conditions: Optional[int] = None, stride: float = 4.0):
+               num_conditions: Optional[int] = None, stride: float = 4.0, out_ptr: Optional[int] = None):
         """Launch the kernel on device buffers (NCHW contiguous, all of ``dtype``): heatmap
         [n, k, h, w], offset [n, 2k, h, w], severity [n, 3C, h, w]. ``num_conditions`` is C
         (default ``max(groups) + 1``). Asynchronous on ``stream`` (None = the default stream).
 
         Returns the decoder's device buffer holding float32 [n, k, 8] packed records; it stays
-        valid until the next ``decode`` or ``free``. Raises :class:`InputError` on bad sizes,
+        valid until the next ``decode`` or ``free``. ``out_ptr``, when given, is a device address
+        of at least ``n * k * 32`` bytes (e.g. mapped pinned memory) written instead, and returned. Raises :class:`InputError` on bad sizes,
         dtype or groups, :class:`CudaDecodeError` on CUDA failures or after ``free``.
         """
         if self._functions is None:
@@ -263,7 +264,7 @@ class CudaDecoder:
         c = int(num_conditions) if num_conditions is not None else (int(groups_arr.max()) + 1 if k else 0)
         if k and (c < 1 or groups_arr.max() >= c):
             raise InputError(f"groups must be in 0..{c - 1} for {c} condition groups, got {groups_arr.tolist()}")
-        out = self._output(max(n * k, 1) * RECORD_SIZE * 4)
+        out = self._output(max(n * k, 1) * RECORD_SIZE * 4) if out_ptr is None else int(out_ptr)
         if n * k == 0:
             return out
         groups_buf = self._groups_buffer(groups_arr)

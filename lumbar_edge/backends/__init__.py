@@ -18,9 +18,10 @@ from typing import Mapping, Optional, Sequence, Tuple, Type
 from ..errors import MissingDependencyError
 from .base import Engine, EngineError
 
-#: Registry name -> (module, class). Only backends that ship in this package are listed; the
-#: GPU backends (``tensorrt``, ``torch``) add themselves here when they land.
+#: Registry name -> (module, class).
 BACKENDS: Mapping[str, Tuple[str, str]] = MappingProxyType({
+    "tensorrt": ("lumbar_edge.backends.tensorrt", "TensorRTEngine"),
+    "torch": ("lumbar_edge.backends.torch_cuda", "TorchCudaEngine"),
     "onnxruntime": ("lumbar_edge.backends.ort", "OrtEngine"),
 })
 #: The order ``auto`` tries: fastest first. Names not in the registry are skipped.

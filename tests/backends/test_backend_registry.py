@@ -54,11 +54,11 @@ def test_auto_picks_onnxruntime_here_and_says_why():
 def test_a_named_backend_is_checked_and_returned():
     assert select_backend("onnxruntime") == ("onnxruntime", "onnxruntime (requested)")
     assert get_backend_class("onnxruntime") is OrtEngine
-    assert backend_names() == ("onnxruntime",)
+    assert backend_names()[-1] == "onnxruntime" and "tensorrt" in backend_names()
 
 
 def test_unknown_backends_are_named_with_the_known_ones():
-    with pytest.raises(EngineError, match=r"unknown backend 'tensorrtt'; this lumbar-edge has: onnxruntime"):
+    with pytest.raises(EngineError, match=r"unknown backend 'tensorrtt'; this lumbar-edge has: .*onnxruntime"):
         select_backend("tensorrtt")
     with pytest.raises(EngineError, match="unknown backend"):
         get_backend_class("")

@@ -1,0 +1,107 @@
+"""GPU tests of the runtime backends (marked ``gpu``; skipped without a GPU or the package they
+need): the torch CUDA backend end to end on a synthetic study, its decode kernel on the output
+tensors in place against the numpy decoder, and the TensorRT lean runtime's initialisation. CPU
+tests of the torch backend's refusals run everywhere."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lumbar_edge.backends.base import EngineError
+from lumbar_edge.backends.torch_cuda import TorchCudaEngine
+from lumbar_edge.bundle import Bundle
+from lumbar_edge.decode import decode_numpy
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint, tmp_path_factory):
+    from lumbar_edge.export.build import export_bundle
+
+    out = tmp_path_factory.mktemp("gpu_bundle") / "bundle"
+    export_bundle(tiny_checkpoint, out, ("fp32", "fp16"), progress=False)
+    return Bundle.load(out)
+
+
+def test_bundles_carry_the_fp32_weights_for_the_torch_backend(bundle):
+    import torch
+
+    assert bundle.weights_path.name == "model.pt" and bundle.manifest["weights"]["sha256"]
+    state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
+    assert any(k.startswith("heatmap_head") for k in state)
+
+
+def test_torch_backend_refusals_and_reason_without_a_gpu(bundle):
+    with pytest.raises(EngineError, match="runs fp16 or fp32, not int8"):
+        TorchCudaEngine.from_bundle(bundle, "int8")
+    weightless = Bundle(bundle.root, {k: v for k, v in bundle.manifest.items() if k != "weights"})
+    with pytest.raises(EngineError, match="no PyTorch weights"):
+        TorchCudaEngine.from_bundle(weightless)
+    reason = TorchCudaEngine.unavailable_reason()
+    if reason is not None:
+        assert "pycuda" in reason or "GPU" in reason or "CPU-only" in reason
+        from lumbar_edge.backends import select_backend
+
+        assert f"torch: {reason}" in select_backend("auto")[1]
+
+
+def _agreement(a, b):
+    return float(np.mean(a.index == b.index))
+
+
+@pytest.mark.gpu
+def test_torch_backend_end_to_end(bundle, tiny_rsna):
+    pytest.importorskip("pycuda", reason="pycuda is not installed")
+    reason = TorchCudaEngine.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from lumbar_edge.backends.ort import OrtEngine
+    from lumbar_edge.dicom import scan_path
+    from lumbar_edge.export.onnx_export import synthetic_batch
+    from lumbar_edge.pipeline import Pipeline
+
+    images = synthetic_batch(3, 64, 64, n=5, seed=3)
+    groups = np.asarray(bundle.layout.keypoint_groups(), dtype=np.int32)
+    with OrtEngine.from_bundle(bundle, "fp32") as ref:
+        want_raw = ref.infer(images)
+        want = ref.infer_decoded(images, groups)
+    for precision, graphs in (("fp32", False), ("fp32", True), ("fp16", True)):
+        with TorchCudaEngine.from_bundle(bundle, precision, cuda_graphs=graphs) as engine:
+            for batch in (images, images[:2], images):  # a second batch size, then a graph replay
+                got = engine.infer_decoded(batch, groups)
+                raw = engine.infer(batch)
+                # The kernel on the device tensors decodes exactly as numpy on the same outputs.
+                ref_dec = decode_numpy(raw["heatmap"], raw["offset"], raw["severity"], groups, stride=4)
+                np.testing.assert_array_equal(got.index, ref_dec.index)
+                np.testing.assert_allclose(got.probs, ref_dec.probs, rtol=1e-5, atol=1e-6)
+            if graphs:
+                assert engine.describe()["graphs"] == [2, 5]
+            if precision == "fp32":
+                np.testing.assert_allclose(raw["heatmap"], want_raw["heatmap"], atol=2e-3)
+                assert _agreement(got, want) == 1.0
+            else:
+                assert _agreement(got, want) >= 0.8
+    _, val_dir = tiny_rsna
+    study = scan_path(val_dir / "train_images", progress=False).studies[0]
+    with Pipeline.load(bundle.root, backend="torch") as pipe:
+        result = pipe.run_study(study)
+        assert pipe.engine.name == "torch"
+    assert len(result.findings) == 25
+
+
+@pytest.mark.gpu
+def test_tensorrt_lean_runtime_initialises_on_the_gpu():
+    pytest.importorskip("tensorrt_lean", reason="tensorrt_lean is not installed")
+    pytest.importorskip("pycuda", reason="pycuda is not installed")
+    code = ("import tensorrt_lean as trt\n"
+            "from lumbar_edge.backends.cuda_resources import PrimaryContext\n"
+            "from lumbar_edge.backends.tensorrt import missing_names\n"
+            "assert missing_names(trt) == []\n"
+            "with PrimaryContext(0) as ctx, ctx.current():\n"
+            "    rt = trt.Runtime(trt.Logger(trt.Logger.ERROR))\n"
+            "    rt.engine_host_code_allowed = True\n"
+            "    assert rt.engine_host_code_allowed\n"
+            "    assert rt.deserialize_cuda_engine(b'not an engine') is None\n"
+            "print('LEAN OK', trt.__version__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "LEAN OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
