@@ -153,16 +153,36 @@ def infer(ctx, path, model, out_dir, backend, precision, batch_size, no_overlays
 @click.option("--opset", type=click.IntRange(17), default=17, show_default=True)
 @click.option("--name", default=None, help="Model name in the manifest (default: the run folder's name).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--engine/--no-engine", default=None,
+              help="Build TensorRT engines of each precision (default: when the full TensorRT and a GPU are present).")
+@click.option("--max-batch", type=click.IntRange(1, 64), default=16, show_default=True, help="Engine batch limit.")
+@click.option("--dla-core", type=click.IntRange(0), default=None, help="Build for this Jetson DLA core (GPU fallback).")
+@click.option("--version-compatible", is_flag=True, help="Engines the TensorRT lean runtime can run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def export_cmd(checkpoint, precisions, out_dir, calib, calib_slices, calib_method, val, opset, name, overwrite,
-               quiet) -> None:
-    """Export a checkpoint to a model bundle: checked ONNX (FP32) plus FP16 / INT8 (Q/DQ) variants."""
+               engine, max_batch, dla_core, version_compatible, quiet) -> None:
+    """Export a checkpoint to a model bundle: checked ONNX (FP32) plus FP16 / INT8 (Q/DQ) variants,
+    and TensorRT engines where a builder is present."""
     from .export.build import export_bundle
+    from .export.tensorrt_build import build_engine, builder_missing_reason
 
+    no_builder = builder_missing_reason() if engine is not False else None
+    if engine and no_builder:
+        raise click.UsageError(no_builder)
     summary = export_bundle(checkpoint, out_dir, precisions, calib=calib, calib_slices=calib_slices,
                             calib_method=calib_method, val=val, opset=opset, name=name, overwrite=overwrite,
                             progress=not quiet)
     click.echo(summary.describe())
+    if engine is False:
+        return
+    if no_builder:
+        click.echo(f"no TensorRT engines: {no_builder}")
+        return
+    for precision in summary.bundle.precisions:
+        entry = build_engine(out_dir, precision, max_batch=max_batch, dla_core=dla_core,
+                             version_compatible=version_compatible, progress=not quiet)
+        click.echo(f"  engine {precision}: {entry['file']} (TensorRT {entry['tensorrt_version']}, "
+                   f"{entry['gpu_name']}, sm {entry['compute_capability']})")
 
 
 @cli.command()

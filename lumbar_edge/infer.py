@@ -78,6 +78,7 @@ def run_infer(path: Path, model: Path, out: Path, *, backend: str = "auto", prec
     start = time.perf_counter()
     pipeline = Pipeline.load(model, backend=backend, precision=precision, batch_size=batch_size, keep_heatmaps=heatmaps)
     echo(f"model: {pipeline.description}")
+    echo(f"backend: {pipeline.backend_reason}")
     scan = scan_path(path, progress=progress)
     if not scan.studies:
         raise InputError(f"no DICOM studies found under {path} ({len(scan.skipped)} files skipped)")

@@ -51,19 +51,25 @@ class Pipeline:
         self.groups = np.asarray(self.layout.keypoint_groups(), dtype=np.int32)
         priors = bundle.manifest.get("class_priors") or {}
         self.priors = {c: tuple(float(v) for v in priors.get(c, FALLBACK_PRIOR)) for c in CONDITIONS}
+        #: Which backend serves this pipeline and why (set by :meth:`load`).
+        self.backend_reason = f"{engine.name} (given)"
         self._active = False
 
     @classmethod
     def load(cls, bundle_path, backend: str = "auto", precision: Optional[str] = None, **kwargs) -> "Pipeline":
         """Open a bundle and an engine for it. ``backend`` is ``auto`` or a backend name;
-        ``precision`` defaults to the best the backend runs (INT8, else FP32 on the CPU)."""
-        from .backends import open_engine
+        ``precision`` defaults to the best the backend runs (INT8, else FP32 on the CPU).
+        :attr:`backend_reason` says which backend was picked and why."""
+        from .backends import open_engine, select_backend
         from .bundle import Bundle
 
         bundle = Bundle.load(Path(bundle_path))
         engine_kwargs = {k: kwargs.pop(k) for k in ("threads",) if k in kwargs}
-        engine = open_engine(bundle, backend=backend, precision=precision, **engine_kwargs)
-        return cls(bundle, engine, **kwargs)
+        name, reason = select_backend(backend)
+        engine = open_engine(bundle, backend=name, precision=precision, **engine_kwargs)
+        pipeline = cls(bundle, engine, **kwargs)
+        pipeline.backend_reason = reason
+        return pipeline
 
     def __enter__(self) -> "Pipeline":
         return self
