@@ -76,7 +76,7 @@ def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quie
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
-@click.option("--time-limit", "time_limit_min", type=float, default=None, help="Stop after the epoch that passes this many minutes.")
+@click.option("--time-limit", "time_limit_min", type=float, default=None, help="Time budget in minutes: no epoch is started that would end past it.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue from a last.pt checkpoint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def train(data, out_dir, val_data, val_fraction, backbone, size, epochs, batch_size, lr, heatmap_loss, no_offset_loss,

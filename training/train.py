@@ -270,7 +270,19 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     history: List[Dict[str, float]] = []
     stopped_early = False
+    epoch_seconds: List[float] = []
     for epoch in range(first_epoch, cfg.epochs):
+        if cfg.time_limit_min is not None and epoch_seconds:
+            # Stop before an epoch that would end past the limit (judged by the epochs so far),
+            # rather than after it: the limit is a budget, not a trigger.
+            elapsed = time.perf_counter() - start_time
+            if elapsed + float(np.mean(epoch_seconds)) > cfg.time_limit_min * 60:
+                stopped_early = True
+                if is_main:
+                    log.warning("stopping before epoch %d: it would end past the time limit of %.1f min",
+                                epoch + 1, cfg.time_limit_min)
+                break
+        epoch_start = time.perf_counter()
         train_model.train()
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(train_samples))[rank::world]
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
@@ -298,7 +310,6 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
                 bar.update()
                 bar.set_postfix(" ".join(f"{k}={v / bar.count:.3f}" for k, v in sums.items()))
         epoch_metrics = {f"train_{k}": v / max(1, len(batches)) for k, v in sums.items()}
-        over_time = cfg.time_limit_min is not None and (time.perf_counter() - start_time) / 60 > cfg.time_limit_min
         if is_main:
             if val_samples:
                 val = evaluate_samples(model, val_samples, val_dataset, device, layout,
@@ -316,11 +327,7 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
                 save_checkpoint(out / "best.pt", model, optimizer, scheduler, epoch, cfg, epoch_metrics, best_score)
             save_checkpoint(out / "last.pt", model, optimizer, scheduler, epoch, cfg, epoch_metrics, best_score)
             _write_json(out / "history.json", history)
-        if over_time:
-            stopped_early = True
-            if is_main:
-                log.warning("stopping after epoch %d: the time limit of %.1f min is reached", epoch + 1, cfg.time_limit_min)
-            break
+        epoch_seconds.append(time.perf_counter() - epoch_start)
     if distributed:
         import torch.distributed as dist
 

@@ -89,3 +89,12 @@ def test_ablation_switches_and_bad_inputs(tiny_rsna, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="not a readable lumbar-edge checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_time_budget_stops_before_an_epoch_that_would_overrun(tiny_rsna, tmp_path):
+    train_dir, val_dir = tiny_rsna
+    out = tmp_path / "budget"
+    # Any real epoch takes longer than 0.06 s, so after the first one no further epoch fits.
+    result = train(_cfg(train_dir, val_dir, out, epochs=3, time_limit_min=0.001), progress=False)
+    assert len(result.history) == 1
+    assert json.loads((out / "result.json").read_text())["stopped_early"] is True
