@@ -111,3 +111,12 @@ def test_without_a_gpu_the_backend_fails_clearly_in_a_subprocess(tmp_path):
 def test_the_lean_runtime_module_imports_without_a_gpu(trt_lean):
     # The bindings load on a CPU-only machine; Runtime() needs CUDA and is exercised by the gpu tests.
     assert trt_lean.Runtime.__name__ == "Runtime"
+
+
+def test_gpu_backend_modules_import_no_gpu_package():
+    code = ("import sys, lumbar_edge.backends.tensorrt, lumbar_edge.backends.torch_cuda, "
+            "lumbar_edge.backends.cuda_resources, lumbar_edge.export.tensorrt_build\n"
+            "print(','.join(m for m in ('torch', 'tensorrt', 'tensorrt_lean', 'pycuda') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""

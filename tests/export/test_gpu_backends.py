@@ -105,3 +105,17 @@ def test_tensorrt_lean_runtime_initialises_on_the_gpu():
             "print('LEAN OK', trt.__version__)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "LEAN OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_pipeline_says_which_backend_auto_picked_and_why(bundle):
+    from lumbar_edge.backends import select_backend
+    from lumbar_edge.pipeline import Pipeline
+
+    name, reason = select_backend("auto")
+    with Pipeline.load(bundle.root, backend="auto") as pipe:
+        assert pipe.engine.name == name and pipe.backend_reason == reason
+    assert reason.startswith(f"{name} (auto: first available of tensorrt, torch, onnxruntime")
+    if name == "onnxruntime":
+        assert "skipped tensorrt: " in reason and "; torch: " in reason
+    with Pipeline.load(bundle.root, backend="onnxruntime") as pipe:
+        assert pipe.backend_reason == "onnxruntime (requested)"

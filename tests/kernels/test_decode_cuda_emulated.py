@@ -384,3 +384,24 @@ def test_importing_the_decoders_imports_no_gpu_package():
             "sys.exit(f'imported at module level: {bad}' if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_decode_into_a_caller_owned_buffer(gpu, decoder):
+    # What the TensorRT backend does: the records go to its own (e.g. mapped pinned) buffer.
+    from lumbar_edge.decode_cuda import _driver
+
+    cuda = _driver()
+    rng = np.random.default_rng(5)
+    host, bufs = _device_outputs(gpu, rng, 3, 4, 2, 7, 6)
+    groups = np.array([0, 1, 0, 1])
+    target = cuda.mem_alloc(3 * 4 * RECORD_SIZE * 4)
+    assert decoder.decode(*(int(b) for b in bufs), 3, 4, 7, 6, groups, "float32", out_ptr=int(target)) == int(target)
+    packed = np.empty((3, 4, RECORD_SIZE), np.float32)
+    cuda.memcpy_dtoh(packed, target)
+    for buf in bufs + [target]:
+        buf.free()
+    from lumbar_edge.decode import Decoded
+
+    got, ref = Decoded.from_packed(packed, 6), decode_numpy(*host, groups)
+    np.testing.assert_array_equal(got.index, ref.index)
+    np.testing.assert_allclose(got.probs, ref.probs, rtol=1e-5)
