@@ -33,8 +33,11 @@ else
   echo "no .whl/ folder: run benchmarks/fetch_gpu_wheels.sh here first and carry .whl (pycuda, tensorrt_lean)"
 fi
 nvidia-smi -L 2>/dev/null || echo "nvidia-smi: no GPU listed"
-python3 - <<'PY'
+# -P: the checkout's own folder is not put first on sys.path, so lumbar_edge comes from $PKG.
+python3 -P - <<'PY'
 import importlib
+import lumbar_edge, lumbar_edge.export
+print(f"  lumbar_edge {lumbar_edge.__version__} from {lumbar_edge.__file__}, export from {lumbar_edge.export.__file__}")
 for name in ("torch", "pycuda.driver", "tensorrt_lean", "tensorrt", "pydicom", "onnxruntime"):
     try:
         m = importlib.import_module(name)
@@ -45,14 +48,14 @@ PY
 
 TESTS="tests/kernels tests/export/test_gpu_backends.py tests/export/test_tensorrt_build.py tests/backends/test_backend_tensorrt.py"
 # shellcheck disable=SC2086
-timeout 420 python3 -m pytest -q -rs -p no:cacheprovider -m gpu $TESTS --junitxml="$RESULTS/gpu_tests.xml" 2>&1 \
+timeout 420 python3 -P -m pytest -q -rs -p no:cacheprovider -m gpu $TESTS --junitxml="$RESULTS/gpu_tests.xml" 2>&1 \
   | tee "$RESULTS/gpu_tests.log"
 PYTEST_RC=${PIPESTATUS[0]}
 # shellcheck disable=SC2086
-timeout 120 python3 -m pytest -q -p no:cacheprovider -m "not gpu" tests/backends/test_backend_tensorrt.py 2>&1 | tail -2
+timeout 120 python3 -P -m pytest -q -p no:cacheprovider -m "not gpu" tests/backends/test_backend_tensorrt.py 2>&1 | tail -2
 
-timeout 120 python3 -m lumbar_edge.benchmarks.decode_bench --batch 1,16 --json "$RESULTS/decode_bench.json"
-timeout 150 python3 -m lumbar_edge.benchmarks.backend_bench --batch 1 --json "$RESULTS/backend_bench.json"
+timeout 120 python3 -P -m lumbar_edge.benchmarks.decode_bench --batch 1,16 --json "$RESULTS/decode_bench.json"
+timeout 150 python3 -P -m lumbar_edge.benchmarks.backend_bench --batch 1 --json "$RESULTS/backend_bench.json"
 
 python3 - "$RESULTS" "$PYTEST_RC" "$SECONDS" <<'PY'
 import json, re, sys, pathlib
