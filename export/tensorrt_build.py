@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from lumbar_edge.backends.tensorrt import version_tuple  # one parser, shared with the runtime's engine checks
 from lumbar_edge.bundle import PRECISIONS, Bundle
 
 from .errors import ExportError
@@ -49,14 +50,6 @@ NO_BUILDER = ("building TensorRT engines needs the full TensorRT (`import tensor
               "which engines can be built later with `python -m lumbar_edge.export.tensorrt_build BUNDLE`")
 
 
-def version_tuple(text: object) -> Tuple[int, ...]:
-    """``"10.3.0.30"`` -> ``(10, 3, 0, 30)`` (stops at the first non-numeric part)."""
-    parts = []
-    for piece in str(text).split("."):
-        if not piece.isdigit():
-            break
-        parts.append(int(piece))
-    return tuple(parts)
 
 
 @dataclass(frozen=True)

@@ -207,8 +207,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # DicomErrors itself, so the CLI keeps pydicom's own log to critical messages.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="lumbar-edge",
-                 standalone_mode=False)
+        # Without standalone mode, click returns ctx.exit()'s code instead of exiting.
+        status = cli.main(args=list(argv) if argv is not None else None, prog_name="lumbar-edge",
+                          standalone_mode=False)
     except LumbarEdgeError as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_USER_ERROR
@@ -223,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

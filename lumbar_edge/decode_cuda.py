@@ -89,11 +89,10 @@ def _driver():
 
 def _call(what: str, fn, *args, **kwargs):
     """Run one CUDA call, turning pycuda's errors into :class:`CudaDecodeError` naming ``what``."""
-    cuda = _driver()
-    try:
-        return fn(*args, **kwargs)
-    except cuda.Error as exc:  # base of LogicError, LaunchError, MemoryError, CompileError ...
-        raise CudaDecodeError(f"CUDA decoder: {what} failed: {type(exc).__name__}: {exc}".rstrip()) from exc
+    from .backends.cuda_resources import checked_call
+
+    _driver()  # a missing pycuda is reported as the decoder's dependency, with its extra
+    return checked_call(CudaDecodeError, f"CUDA decoder: {what}", fn, *args, **kwargs)
 
 
 def missing_dependencies() -> List[str]:

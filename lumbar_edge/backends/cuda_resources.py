@@ -43,13 +43,19 @@ def driver():
     return cuda
 
 
-def cuda_call(what: str, fn, *args, **kwargs):
-    """Run one pycuda call, turning pycuda's errors into :class:`CudaError` naming ``what``."""
+def checked_call(error_cls, what: str, fn, *args, **kwargs):
+    """Run one pycuda call; the one place pycuda's errors (base ``pycuda.driver.Error``: LogicError,
+    LaunchError, MemoryError, CompileError ...) become ``error_cls`` naming ``what``."""
     cuda = driver()
     try:
         return fn(*args, **kwargs)
     except cuda.Error as exc:
-        raise CudaError(f"CUDA: {what} failed: {type(exc).__name__}: {exc}".rstrip()) from exc
+        raise error_cls(f"{what} failed: {type(exc).__name__}: {exc}".rstrip()) from exc
+
+
+def cuda_call(what: str, fn, *args, **kwargs):
+    """Run one pycuda call, turning pycuda's errors into :class:`CudaError` naming ``what``."""
+    return checked_call(CudaError, f"CUDA: {what}", fn, *args, **kwargs)
 
 
 @functools.lru_cache(maxsize=1)

@@ -256,8 +256,9 @@ def _keep_majority_size(recs: List[HeaderRecord], skipped: List[SkippedFile]) ->
 
 def _rsna_ids(study_uid: str, series_records: Dict[str, List[HeaderRecord]]) -> Tuple[str, Dict[str, str]]:
     """The RSNA layout ``{study_id}/{series_id}/{n}.dcm``: when every file of the study is named
-    ``<number>.dcm``, each series lives alone in one folder and all those folders share one
-    parent, the folder names are the ids; otherwise the UIDs are."""
+    ``<number>.dcm``, each series lives alone in one folder, all those folders share one parent,
+    and the folder names are integers (as RSNA's ids), the folder names are the ids; otherwise
+    the UIDs are."""
     uids = {uid: uid for uid in series_records}
     parents: Dict[str, str] = {}
     for uid, recs in series_records.items():
@@ -275,7 +276,10 @@ def _rsna_ids(study_uid: str, series_records: Dict[str, List[HeaderRecord]]) -> 
     if len(grandparents) != 1 or len(set(parents.values())) != len(parents):
         return study_uid, uids
     study_dir = grandparents.pop()
-    if not os.path.basename(study_dir):
+    # RSNA ids are integers; requiring digits keeps a flat study folder (files straight in it)
+    # from being named after whatever folder happens to hold it.
+    names = [os.path.basename(study_dir)] + [os.path.basename(d) for d in parents.values()]
+    if not all(n.isdigit() for n in names):
         return study_uid, uids
     return os.path.basename(study_dir), {uid: os.path.basename(d) for uid, d in parents.items()}
 

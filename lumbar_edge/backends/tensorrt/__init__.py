@@ -65,7 +65,8 @@ def missing_names(trt) -> List[str]:
     return missing
 
 
-def _version(text: object) -> Tuple[int, ...]:
+def version_tuple(text: object) -> Tuple[int, ...]:
+    """``"10.3.0.30"`` -> ``(10, 3, 0, 30)`` (stops at the first non-numeric part)."""
     parts = []
     for piece in str(text).split("."):
         if not piece.isdigit():
@@ -86,7 +87,7 @@ def engine_mismatch(entry: Mapping[str, object], tensorrt_version: str, compute_
     built_cc = str(entry.get("compute_capability"))
     if built_cc != str(compute_capability):
         return f"built for sm {built_cc}, this GPU is sm {compute_capability}"
-    built, runtime = _version(entry.get("tensorrt_version")), _version(tensorrt_version)
+    built, runtime = version_tuple(entry.get("tensorrt_version")), version_tuple(tensorrt_version)
     if len(built) < 3 or len(runtime) < 3:
         return f"unreadable TensorRT version ({entry.get('tensorrt_version')!r} vs {tensorrt_version!r})"
     if entry.get("version_compatible"):

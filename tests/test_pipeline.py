@@ -1,0 +1,152 @@
+"""End-to-end tests of the study pipeline and `lumbar-edge infer` on synthetic studies.
+
+A tiny model is trained for one epoch and exported to a real ONNX bundle, so every step runs for
+real (pydicom, ONNX Runtime, the numpy decoder, the writers); what is checked is the plumbing and
+the geometry, not the accuracy of a one-epoch network.
+"""
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from lumbar_edge.cli import main
+from lumbar_edge.dicom import scan_path
+from lumbar_edge.labels import CONDITIONS, LEVELS
+from lumbar_edge.pipeline import Pipeline, StudyError
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_rsna, tmp_path_factory):
+    from lumbar_edge.export.build import export_bundle
+    from lumbar_edge.training.train import TrainConfig, train
+
+    train_dir, val_dir = tiny_rsna
+    root = tmp_path_factory.mktemp("bundle")
+    train(TrainConfig(data=str(train_dir), out=str(root / "run"), val_data=str(val_dir), size=64, epochs=1,
+                      batch_size=4, width=8, decoder_channels=16, seed=1), progress=False)
+    export_bundle(root / "run" / "best.pt", root / "bundle", ("fp32",), progress=False)
+    return root / "bundle"
+
+
+def _tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _one_study(val_dir: Path):
+    scan = scan_path(val_dir / "train_images", progress=False)
+    return scan.studies[0]
+
+
+def test_run_study_gives_25_findings_with_consistent_geometry(tiny_rsna, tiny_bundle):
+    _, val_dir = tiny_rsna
+    study = _one_study(val_dir)
+    with Pipeline.load(tiny_bundle, backend="onnxruntime") as pipe:
+        result = pipe.run_study(study)
+    assert [(f.condition, f.level) for f in result.findings] == [(c, lv) for c in CONDITIONS for lv in LEVELS]
+    assert result.study_id == study.study_id and not result.warnings
+    assert set(result.series_used) == {"sagittal_t2", "sagittal_t1", "axial_t2"}
+    series_by_uid = {s.series_uid: s for s in study.series}
+    for f in result.findings:
+        assert f.source == "model"
+        assert abs(sum(f.probabilities) - 1) < 1e-6 and min(f.probabilities) >= 0
+        kp = f.keypoint
+        series = series_by_uid[kp.series_uid]
+        view = next(v for v, uid in result.series_used.items() if uid == kp.series_uid)
+        assert view == {"spinal_canal_stenosis": "sagittal_t2"}.get(
+            f.condition, "sagittal_t1" if "foraminal" in f.condition else "axial_t2")
+        inst = next(i for i in series.instances if i.sop_uid == kp.sop_uid)
+        assert -0.5 <= kp.x <= inst.columns - 0.5 and -0.5 <= kp.y <= inst.rows - 0.5
+        np.testing.assert_allclose(inst.geometry.pixel_to_patient(kp.x, kp.y), kp.patient_mm, atol=1e-6)
+        assert (kp.series_uid, kp.sop_uid) in result.slices
+    # Foramina are sorted into sides by patient position: left (+x in LPS) beyond the right.
+    left = [result.finding("left_neural_foraminal_narrowing", lv).keypoint.patient_mm[0] for lv in LEVELS]
+    right = [result.finding("right_neural_foraminal_narrowing", lv).keypoint.patient_mm[0] for lv in LEVELS]
+    assert min(left) > max(right)
+    # Each axial finding sits on the axial slice nearest that level's canal point.
+    for lv in LEVELS:
+        disc = np.asarray(result.finding("spinal_canal_stenosis", lv).keypoint.patient_mm)
+        axial = series_by_uid[result.series_used["axial_t2"]]
+        dists = [abs(float(i.geometry.patient_to_pixel(disc)[2])) for i in axial.instances]
+        chosen = result.finding("left_subarticular_stenosis", lv).keypoint.sop_uid
+        assert axial.instances[int(np.argmin(dists))].sop_uid == chosen
+
+
+def test_missing_series_fall_back_to_the_prior_and_unusable_studies_fail_clearly(tiny_rsna, tiny_bundle, tmp_path):
+    _, val_dir = tiny_rsna
+    study = _one_study(val_dir)
+    # A copy of the study without its axial series.
+    axial_uid = next(s.series_uid for s in study.series if str(s.kind.value) == "axial_t2")
+    folder = tmp_path / "no_axial"
+    for s in study.series:
+        if s.series_uid != axial_uid:
+            shutil.copytree(Path(s.instances[0].path).parent, folder / s.series_id)
+    with Pipeline.load(tiny_bundle, backend="onnxruntime") as pipe:
+        result = pipe.run_study(folder)
+        sub = [f for f in result.findings if "subarticular" in f.condition]
+        assert all(f.source == "prior" and f.keypoint is None for f in sub)
+        assert any("axial" in w for w in result.warnings)
+        assert all(f.source == "model" for f in result.findings if "subarticular" not in f.condition)
+        with pytest.raises(StudyError, match="none of the needed series"):
+            pipe.run_study(_coronal_only_study(study, tmp_path / "coronal"))
+
+
+def _coronal_only_study(study, folder: Path) -> Path:
+    """A real DICOM study holding a single coronal series (no series the model reads)."""
+    series = next(s for s in study.series if str(s.kind.value) == "sagittal_t1")
+    folder.mkdir(parents=True)
+    study_uid, series_uid = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for inst in series.instances:
+        ds = pydicom.dcmread(inst.path)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesDescription = "COR T1"
+        ds.save_as(folder / f"{ds.InstanceNumber}.dcm")
+    return folder
+
+
+def test_infer_cli_writes_reports_csv_overlays_and_never_touches_the_input(tiny_rsna, tiny_bundle, tmp_path, capsys):
+    _, val_dir = tiny_rsna
+    root = tmp_path / "in"
+    shutil.copytree(val_dir / "train_images", root)
+    _coronal_only_study(_one_study(val_dir), root / "bad_study")
+    before = _tree_digest(root)
+    out = tmp_path / "out"
+    code = main(["infer", str(root), "--model", str(tiny_bundle), "--out", str(out), "--backend", "onnxruntime", "-q"])
+    text = capsys.readouterr().out
+    assert code == 1, text  # one study failed: the exit status says so, the others are written
+    assert _tree_digest(root) == before
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["succeeded"]) == 2 and len(summary["failed"]) == 1
+    assert "none of the needed series" in next(iter(summary["failed"].values()))
+    rows = (out / "submission.csv").read_text().splitlines()
+    assert rows[0] == "row_id,normal_mild,moderate,severe" and len(rows) == 1 + 2 * 25
+    for sid in summary["succeeded"]:
+        report = json.loads((out / f"{sid}.json").read_text())
+        assert report["schema_version"] and "NOT FOR CLINICAL USE" in report["disclaimer"]
+        assert len(report["findings"]) == 25
+    pngs = list((out / "overlays").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert not list(out.rglob("*.tmp"))
+    # The run's CSV scores against the labels with the project's own metric.
+    assert main(["evaluate", str(out / "submission.csv"), "--labels", str(val_dir / "train.csv"), "--json"]) == 0
+    score = json.loads(capsys.readouterr().out)
+    assert np.isfinite(score["score"])
+
+
+def test_infer_refuses_an_output_inside_the_input(tiny_rsna, tiny_bundle, capsys):
+    _, val_dir = tiny_rsna
+    code = main(["infer", str(val_dir), "--model", str(tiny_bundle), "--out", str(val_dir / "results"), "-q"])
+    assert code == 2
+    assert "inside the input" in capsys.readouterr().err
+    assert not (val_dir / "results").exists()
