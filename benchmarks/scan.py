@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -45,7 +46,15 @@ def lumbar_edge_scan(root: Path, workers: Optional[int] = None) -> Dict[str, Dic
     """lumbar-edge's header-first parallel scan, reduced to the same study/series counts."""
     from lumbar_edge.dicom import scan_path
 
-    result = scan_path(root, workers=workers, progress=False)
+    # The per-file "skipped" warnings (the root's CSVs) would repeat on every timed pass; the
+    # skip count is still in the result.
+    dicom_log = logging.getLogger("lumbar_edge.dicom")
+    level = dicom_log.level
+    dicom_log.setLevel(logging.ERROR)
+    try:
+        result = scan_path(root, workers=workers, progress=False)
+    finally:
+        dicom_log.setLevel(level)
     return {s.study_uid: {se.series_uid: len(se.instances) for se in s.series} for s in result.studies}
 
 
