@@ -189,7 +189,12 @@ def quantize_int8(fp32_path: Union[str, Path], dst: Union[str, Path], calibratio
             raise ExportError(f"quantization pre-processing failed: {str(exc).splitlines()[0]}") from exc
         excluded = _excluded(onnx.load(str(prepared)), exclude_nodes, exclude_prefixes)
         reader = _data_reader(calibration_inputs, graph_input.name, shape, max_slices, progress)
-        extra = {"ActivationSymmetric": activation_symmetric, "WeightSymmetric": True, "QuantizeBias": False}
+        # DedicatedQDQPair: every consumer gets its own DequantizeLinear. ONNX Runtime fuses
+        # DQ -> Conv -> Q into QLinearConv only when the DQ feeds that one node; with shared DQs
+        # (residual inputs, the ASPP branches, the three heads) more than half of the
+        # convolutions stayed in float on the CPU. TensorRT reads either form the same way.
+        extra = {"ActivationSymmetric": activation_symmetric, "WeightSymmetric": True, "QuantizeBias": False,
+                 "DedicatedQDQPair": True}
         if method == "percentile":
             extra["CalibPercentile"] = percentile
         out = tmp / "int8.onnx"

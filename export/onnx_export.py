@@ -26,6 +26,8 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 import onnx
 
+from lumbar_edge.backends.ort import DISABLED_OPTIMIZERS
+
 from .errors import ExportError, ParityError
 
 #: Default max-abs-difference tolerances of an FP32 export against PyTorch, per output.
@@ -169,7 +171,9 @@ def ort_session(path: Union[str, Path], threads: Optional[int] = None, optimize:
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # The runtime's own session settings, so that accuracy is measured on the graph it runs.
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(DISABLED_OPTIMIZERS))
     except Exception as exc:  # ORT raises its own Fail/NotImplemented/InvalidGraph types
         raise ExportError(f"ONNX Runtime (CPU) cannot load {Path(path).name}: {str(exc).splitlines()[0]}") from exc
 

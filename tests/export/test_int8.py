@@ -37,6 +37,40 @@ def test_int8_runs_in_ort(fp32_onnx, int8_onnx, slices):
             assert out[name].shape == ref[name].shape and np.isfinite(out[name]).all()
 
 
+def _ort_optimized_op_counts(path, tmp_path, disabled_optimizers):
+    """The op types ONNX Runtime's CPU provider actually runs after its graph rewrites."""
+    import collections
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # EXTENDED: the Q/DQ fusions, without the machine-specific NCHWc layout rewrites.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=list(disabled_optimizers))
+    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+
+def test_every_quantized_conv_fuses_into_qlinearconv_in_the_runtime_session(int8_onnx, tmp_path):
+    """With one DequantizeLinear per consumer and the runtime's session settings, every
+    convolution with INT8 weights runs as QLinearConv; only the excluded float ones stay Conv.
+    (With ORT's default rewrites, common-subexpression elimination re-shares the DQs and the
+    convolutions after a branching activation stay in float.)"""
+    from lumbar_edge.backends.ort import DISABLED_OPTIMIZERS
+
+    path, report = int8_onnx
+    model = onnx.load(str(path))
+    float_convs = sum(1 for n in model.graph.node if n.op_type == "Conv" and n.name in report.excluded_nodes)
+    quantized_convs = sum(1 for n in model.graph.node if n.op_type == "Conv") - float_convs
+    ours = _ort_optimized_op_counts(path, tmp_path, DISABLED_OPTIMIZERS)
+    assert ours["QLinearConv"] >= quantized_convs - 3  # the PAM's query/key/value feed reshapes, not a Q
+    assert ours["Conv"] <= float_convs + 3
+    default = _ort_optimized_op_counts(path, tmp_path, ())
+    assert default["QLinearConv"] < ours["QLinearConv"]
+
+
 def test_checker_catches_asymmetric(fp32_onnx, calib, tmp_path):
     bad = tmp_path / "asym.onnx"
     quantize_int8(fp32_onnx, bad, calib[:4], activation_symmetric=False)
