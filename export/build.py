@@ -71,11 +71,11 @@ class ExportSummary:
         return "\n".join(lines)
 
 
-def _class_priors(paths: Sequence[Optional[Union[str, Path]]]):
-    """Class priors from the first readable RSNA folder's train.csv, with its path (or None, None)."""
+def _training_labels(paths: Sequence[Optional[Union[str, Path]]]):
+    """The per-study labels of the first readable RSNA folder's train.csv, with its path (or
+    None, None): the class priors of the bundle and of the validation's prior baseline."""
     from lumbar_edge.errors import InputError
     from lumbar_edge.training.data import RsnaDataset
-    from lumbar_edge.training.evaluation import class_priors
 
     for path in paths:
         if path and (Path(path) / "train.csv").is_file():
@@ -84,8 +84,7 @@ def _class_priors(paths: Sequence[Optional[Union[str, Path]]]):
             except InputError as exc:
                 log.warning("class priors: %s is not usable (%s)", path, exc)
                 continue
-            priors = class_priors(list(dataset.labels.values()))
-            return {k: [float(x) for x in v] for k, v in priors.items()}, str(path)
+            return list(dataset.labels.values()), str(path)
     return None, None
 
 
@@ -134,6 +133,10 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
     groups = layout.keypoint_groups()
     name = name or (Path(checkpoint).resolve().parent.name if Path(checkpoint).parent.name else out.name)
 
+    train_cfg = dict(state.get("train_config") or {})
+    # Priors come from the training labels (the validation folder only when nothing else is
+    # readable): priors taken from the validation labels themselves would flatter the baseline.
+    train_labels, priors_source = _training_labels([train_cfg.get("data"), calib, val])
     val_samples, val_dataset = None, None
     if val is not None:
         val_dataset = RsnaDataset.load(Path(val))
@@ -162,7 +165,7 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
                        "parity": exported.parity.to_dict()})
         if val_samples:
             validation["fp32"] = evaluate_onnx(fp32_path, val_samples, val_dataset, layout, progress=progress,
-                                               label="validating fp32")
+                                               train_labels=train_labels, label="validating fp32")
 
         for precision in wanted[1:]:
             path = work / MODEL_FILES[precision]
@@ -185,7 +188,7 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
                                            "outputs_on": ("synthetic inputs" if exported.parity.synthetic_inputs
                                                           else "preprocessed slices")}
             if val_samples:
-                metrics = evaluate_onnx(path, val_samples, val_dataset, layout, progress=progress,
+                metrics = evaluate_onnx(path, val_samples, val_dataset, layout, train_labels, progress=progress,
                                         label=f"validating {precision}")
                 validation[precision] = metrics
                 accuracy["validation"] = metrics
@@ -198,8 +201,11 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
         if val_samples:
             models[0]["validation"] = validation["fp32"]
 
-        train_cfg = dict(state.get("train_config") or {})
-        priors, priors_source = _class_priors([train_cfg.get("data"), val, calib])
+        priors = None
+        if train_labels is not None:
+            from lumbar_edge.training.evaluation import class_priors
+
+            priors = {k: [float(x) for x in v] for k, v in class_priors(train_labels).items()}
         training = {"checkpoint": str(checkpoint), "epoch": state.get("epoch"), "best_score": state.get("best_score"),
                     "metrics": state.get("metrics", {}), "train_config": train_cfg}
         if priors_source:
