@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -236,21 +237,33 @@ def overlay_name(study_id: object, view_or_series: object, instance_number: obje
     return f"{safe_name(study_id)}_{safe_name(view_or_series)}_{safe_name(instance_number)}.png"
 
 
-def write_overlays(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndarray], out_dir: Union[str, Path],
+@dataclass(frozen=True)
+class OverlayImage:
+    """One rendered overlay: the RGB image of a source slice with the findings read on it."""
+
+    key: Tuple[str, str]  # (SeriesInstanceUID, SOPInstanceUID) of the source slice
+    label: str  # the view (``sagittal_t2`` ...) or ``series{id}``
+    title: str
+    findings: Tuple[Finding, ...]
+    image: np.ndarray  # RGB uint8 [h, w, 3]
+
+    @property
+    def keypoint(self):
+        return self.findings[0].keypoint
+
+
+def overlay_images(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndarray],
                    heatmaps: Optional[Mapping[Tuple[str, str], object]] = None, *,
-                   min_size: int = DEFAULT_MIN_SIZE, stride: int = 4) -> List[Path]:
-    """Write one PNG overlay per source slice of ``result``'s keypoints into ``out_dir``
-    (created; each file written atomically); returns the paths, sagittal T2 first, then
-    sagittal T1, then axial, each by instance number.
+                   min_size: int = DEFAULT_MIN_SIZE, stride: int = 4) -> Iterator[OverlayImage]:
+    """Render one overlay per source slice of ``result``'s keypoints, sagittal T2 first, then
+    sagittal T1, then axial, each by instance number (the order :func:`write_overlays` writes).
 
     ``slices`` maps ``(series_uid, sop_uid)`` to the slice's 2-D pixels (the source grid of the
     keypoints). ``heatmaps`` optionally maps the same keys to a slice's heatmaps (a mapping of
     column -> model-grid map, or an array; see :func:`heatmap_on_display`). A slice missing from
     ``slices`` is skipped with a logged warning. Findings from the prior (no keypoint) have no
-    overlay. Raises :class:`InputError` for unusable pixels, ``OSError`` when a file cannot be
-    written.
+    overlay. Raises :class:`InputError` for unusable pixels.
     """
-    out = Path(out_dir)
     view_of = {uid: view for view, uid in result.series_used.items()}
     groups: Dict[Tuple[str, str], List[Finding]] = {}
     for f in result.findings:
@@ -263,7 +276,6 @@ def write_overlays(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndar
         rank = VIEW_ORDER.index(view) if view in VIEW_ORDER else len(VIEW_ORDER)
         return rank, str(kp.series_id), kp.instance_number, key
 
-    paths = []
     for key in sorted(groups, key=order):
         found = groups[key]
         kp = found[0].keypoint
@@ -277,11 +289,25 @@ def write_overlays(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndar
         maps = heatmaps.get(key) if heatmaps else None
         image = render_overlay(np.asarray(pixels), found, title=title, heatmap=maps if maps is not None and
                                (not isinstance(maps, Mapping) or maps) else None, stride=stride, min_size=min_size)
-        path = out / overlay_name(result.study_id, label, kp.instance_number)
-        paths.append(write_png(path, image, text={"Title": title, "Software": "lumbar-edge",
-                                                  "Disclaimer": NOT_FOR_CLINICAL_USE}))
+        yield OverlayImage(key=key, label=label, title=title, findings=tuple(found), image=image)
+
+
+def write_overlays(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndarray], out_dir: Union[str, Path],
+                   heatmaps: Optional[Mapping[Tuple[str, str], object]] = None, *,
+                   min_size: int = DEFAULT_MIN_SIZE, stride: int = 4) -> List[Path]:
+    """Write one PNG overlay per source slice of ``result``'s keypoints into ``out_dir``
+    (created; each file written atomically); returns the paths, in :func:`overlay_images`'
+    order (see there for ``slices`` and ``heatmaps``). Raises :class:`InputError` for unusable
+    pixels, ``OSError`` when a file cannot be written.
+    """
+    out = Path(out_dir)
+    paths = []
+    for ov in overlay_images(result, slices, heatmaps, min_size=min_size, stride=stride):
+        path = out / overlay_name(result.study_id, ov.label, ov.keypoint.instance_number)
+        paths.append(write_png(path, ov.image, text={"Title": ov.title, "Software": "lumbar-edge",
+                                                     "Disclaimer": NOT_FOR_CLINICAL_USE}))
     return paths
 
 
-__all__ = ["render_overlay", "write_overlays", "finding_label", "overlay_name", "heatmap_on_display",
+__all__ = ["render_overlay", "write_overlays", "overlay_images", "OverlayImage", "finding_label", "overlay_name", "heatmap_on_display",
            "window_to_uint8", "display_factor", "SEVERITY_COLOURS", "SEVERITY_WORDS", "DISCLAIMER"]
