@@ -140,6 +140,43 @@ def infer(ctx, path, model, out_dir, backend, precision, batch_size, no_overlays
         ctx.exit(1)
 
 
+@cli.command()
+@click.option("--model", required=True, type=click.Path(path_type=Path), help="Model bundle folder.")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"]),
+              help="Repeatable (default: every backend; those that cannot run here are listed as n/a with the reason).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Repeatable (default: every precision each backend runs for the bundle).")
+@click.option("--batch", "batch", default="8", show_default=True, help="Comma-separated batch sizes, e.g. 1,8,16.")
+@click.option("--study", type=click.Path(path_type=Path), default=None,
+              help="A folder holding one study (default: a synthetic study of realistic size: 3 series, "
+                   "15-19 sagittal and 30-40 axial slices).")
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True, help="Untimed runs per row.")
+@click.option("--iters", type=click.IntRange(1), default=5, show_default=True, help="Timed runs per row.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads (default: the usable CPUs).")
+@click.option("--no-overlays", is_flag=True, help="Write only the JSON report (default: JSON and overlays, as infer).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results as JSON.")
+@click.option("--chart", type=click.Path(path_type=Path), default=None,
+              help="PNG chart of the stage split (default: beside --json, same name with .png).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+def bench(ctx, model, backends, precisions, batch, study, warmup, iters, threads, no_overlays, json_path, chart,
+          quiet) -> None:
+    """Time study in, report out on every backend and precision this machine runs, split by stage."""
+    from .bench import BenchOptions, format_report, parse_batches, run_bench, write_chart, write_json
+
+    opts = BenchOptions(model=model, backends=backends, precisions=precisions, batches=parse_batches(batch),
+                        study=study, warmup=warmup, iters=iters, threads=threads, overlays=not no_overlays)
+    report = run_bench(opts, progress=not quiet)
+    click.echo(format_report(report))
+    if json_path:
+        click.echo(f"JSON: {write_json(report, json_path)}")
+    chart = chart or (json_path.with_suffix(".png") if json_path else None)
+    if chart:
+        click.echo(f"chart: {write_chart(report, chart)}")
+    if not report.ok_rows:
+        ctx.exit(1)
+
+
 @cli.command("export")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Training checkpoint (best.pt).")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .errors import InputError, LumbarEdgeError
 from .progress import Progress
@@ -58,17 +58,31 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
+def write_study_outputs(result, out: Path, *, overlays: bool = True, heatmaps: bool = False) -> Tuple[Path, List[Path]]:
+    """Write one study's JSON report and (unless ``overlays`` is False) its PNG overlays into
+    ``out``; returns ``(report, overlays)``. Raises OSError or the report writers' errors."""
+    from .report import write_overlays, write_study_json
+
+    report = write_study_json(result, out)
+    pngs = (write_overlays(result, result.slices, Path(out) / "overlays", heatmaps=result.heatmaps if heatmaps else None)
+            if overlays else [])
+    return report, pngs
+
+
 def run_infer(path: Path, model: Path, out: Path, *, backend: str = "auto", precision: Optional[str] = None,
               batch_size: int = 8, overlays: bool = True, heatmaps: bool = False, progress: bool = True,
-              echo=print) -> InferSummary:
+              prefetch: int = 1, echo=print) -> InferSummary:
     """Run every study under ``path`` through the bundle ``model``; write results into ``out``.
+
+    ``prefetch``: studies decoded and preprocessed ahead in a background thread while the engine
+    runs (:meth:`Pipeline.run`); 0 runs the stages one after another.
 
     Raises :class:`InputError` for a missing input, an output folder inside the input, or an
     unusable bundle/backend; per-study problems are collected in the summary instead.
     """
     from .dicom import scan_path
     from .pipeline import Pipeline
-    from .report import write_overlays, write_study_json, write_submission_csv
+    from .report import write_submission_csv
 
     path, out = Path(path), Path(out)
     if not path.exists():
@@ -87,7 +101,7 @@ def run_infer(path: Path, model: Path, out: Path, *, backend: str = "auto", prec
     results = []
     per_study: Dict[str, dict] = {}
     with pipeline, Progress(len(scan.studies), "inferring studies", enabled=progress) as bar:
-        for study, result in pipeline.run(scan.studies):
+        for study, result in pipeline.run(scan.studies, prefetch=prefetch):
             bar.update()
             sid = str(study.study_id)
             if isinstance(result, LumbarEdgeError):
@@ -96,10 +110,9 @@ def run_infer(path: Path, model: Path, out: Path, *, backend: str = "auto", prec
                 log.warning("study %s failed: %s", sid, result)
                 continue
             try:
-                summary.reports.append(write_study_json(result, out))
-                if overlays:
-                    summary.overlays.extend(write_overlays(result, result.slices, out / "overlays",
-                                                           heatmaps=result.heatmaps if heatmaps else None))
+                report, pngs = write_study_outputs(result, out, overlays=overlays, heatmaps=heatmaps)
+                summary.reports.append(report)
+                summary.overlays.extend(pngs)
             except (OSError, LumbarEdgeError) as exc:
                 summary.failed[sid] = f"writing its outputs failed: {exc}"
                 per_study[sid] = {"ok": False, "error": summary.failed[sid]}

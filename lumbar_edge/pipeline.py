@@ -93,25 +93,39 @@ class Pipeline:
             self.engine.activate()
             self._active = True
 
-    def _infer_slices(self, series, centres: Sequence[int], view: str, timings: Dict[str, float],
+    def activate(self) -> "Pipeline":
+        """Open the engine now rather than on the first study (benchmarks: no cold start in the
+        timed runs). Returns ``self``."""
+        self._ensure_active()
+        return self
+
+    def _image(self, prepared: "_Prepared", series, centre: int) -> Tuple[np.ndarray, object]:
+        """The preprocessed input around slice ``centre`` (and its letterbox), decoding the
+        slices it needs once per study."""
+        key = (series.series_uid, centre)
+        hit = prepared.images.get(key)
+        if hit is not None:
+            return hit
+        timings = prepared.timings
+        t0 = time.perf_counter()
+        stack = [prepared.pixels(series, i)
+                 for i in channel_indices(len(series.instances), centre, self.preprocess.in_channels)]
+        t1 = time.perf_counter()
+        hit = prepared.images[key] = preprocess_stack(stack, self.preprocess)
+        timings["decode_pixels"] = timings.get("decode_pixels", 0.0) + (t1 - t0)
+        timings["preprocess"] = timings.get("preprocess", 0.0) + (time.perf_counter() - t1)
+        return hit
+
+    def _infer_slices(self, prepared: "_Prepared", series, centres: Sequence[int], view: str,
                       heatmap_sink: Optional[dict] = None) -> List[SlicePeaks]:
-        """Preprocess 2.5D stacks around ``centres``, run the engine, decode; peaks of ``view``'s channels."""
+        """Run the engine on the 2.5D inputs around ``centres`` and decode; peaks of ``view``'s channels."""
         self._ensure_active()
         c0, c1 = self.layout.channels[view]
-        cache: Dict[int, np.ndarray] = {}
+        timings = prepared.timings
         out: List[SlicePeaks] = []
         for start in range(0, len(centres), self.batch_size):
             chunk = centres[start:start + self.batch_size]
-            t0 = time.perf_counter()
-            stacks = []
-            for centre in chunk:
-                idx = channel_indices(len(series.instances), centre, self.preprocess.in_channels)
-                for i in idx:
-                    if i not in cache:
-                        cache[i] = series.pixels(i)
-                stacks.append([cache[i] for i in idx])
-            t1 = time.perf_counter()
-            prepped = [preprocess_stack(s, self.preprocess) for s in stacks]
+            prepped = [self._image(prepared, series, centre) for centre in chunk]
             images = np.ascontiguousarray(np.stack([p[0] for p in prepped]))
             t2 = time.perf_counter()
             if heatmap_sink is not None:
@@ -129,23 +143,24 @@ class Pipeline:
                                       probs=np.asarray(decoded.probs[j, c0:c1], dtype=np.float64)))
                 if heatmap_sink is not None:
                     heatmap_sink[centre] = raw["heatmap"][j, c0:c1]
-            timings["decode_pixels"] = timings.get("decode_pixels", 0.0) + (t1 - t0)
-            timings["preprocess"] = timings.get("preprocess", 0.0) + (t2 - t1)
             timings["infer"] = timings.get("infer", 0.0) + (t3 - t2)
         return out
 
-    def run_study(self, study) -> StudyResult:
-        """Process one study: a :class:`lumbar_edge.dicom.Study` or a folder holding exactly one.
+    #: Views whose every slice is inferred: a prefetch can prepare them before the engine runs.
+    FULL_SERIES_VIEWS = ("sagittal_t2", "sagittal_t1")
 
-        Raises :class:`StudyError` when no view has a usable series, or a folder holds several
-        studies; a missing view only adds a warning and prior-based findings.
-        """
+    def prepare(self, study, *, prefetch: bool = False, scan_executor: str = "auto") -> "_Prepared":
+        """The CPU half of a study: scan (for a folder), series selection and, with ``prefetch``,
+        pixel decoding and preprocessing of every slice the sagittal views will infer. Thread-safe
+        (it never touches the engine), so :meth:`run` calls it for the next study in a background
+        thread while the engine runs the current one. Raises what :meth:`run_study` raises for an
+        unusable study."""
         timings: Dict[str, float] = {}
         if not hasattr(study, "series"):
             from .dicom import scan_path
 
             t0 = time.perf_counter()
-            scan = scan_path(Path(study), progress=False)
+            scan = scan_path(Path(study), progress=False, executor=scan_executor)
             timings["scan"] = time.perf_counter() - t0
             if not scan.studies:
                 raise StudyError(f"no DICOM study found in {study}")
@@ -158,21 +173,43 @@ class Pipeline:
         if not chosen:
             raise StudyError(f"study {study.study_id}: none of the needed series (sagittal T1, sagittal T2/STIR, "
                              f"axial T2) was found")
+        prepared = _Prepared(study, chosen, warnings, timings)
+        if prefetch:
+            for view in self.FULL_SERIES_VIEWS:
+                if view in chosen:
+                    s = chosen[view]
+                    for centre in range(len(s.instances)):
+                        self._image(prepared, s, centre)
+        return prepared
+
+    def run_study(self, study) -> StudyResult:
+        """Process one study: a :class:`lumbar_edge.dicom.Study` or a folder holding exactly one.
+
+        Raises :class:`StudyError` when no view has a usable series, or a folder holds several
+        studies; a missing view only adds a warning and prior-based findings.
+        """
+        return self.finish(self.prepare(study))
+
+    def finish(self, prepared: "_Prepared") -> StudyResult:
+        """The engine half of a study prepared by :meth:`prepare`: inference, decoding and
+        aggregation into the 25 findings."""
+        study, chosen, timings = prepared.study, prepared.chosen, prepared.timings
+        warnings = list(prepared.warnings)
         readings: Dict[str, Tuple] = {}
         slices: Dict[Tuple[str, str], np.ndarray] = {}
         heatmaps: Dict[Tuple[str, str], Dict[str, np.ndarray]] = {}
 
-        def keep(series, peaks_used, maps=None, columns=None):
+        def keep(series, peaks_used):
             for p in peaks_used:
                 key = (series.series_uid, p.instance.sop_uid)
                 if key not in slices:
-                    slices[key] = series.pixels(p.slice_index)
+                    slices[key] = prepared.pixels(series, p.slice_index)
 
         canal = {}
         if "sagittal_t2" in chosen:
             s = chosen["sagittal_t2"]
             sink = {} if self.keep_heatmaps else None
-            peaks = self._infer_slices(s, list(range(len(s.instances))), "sagittal_t2", timings, sink)
+            peaks = self._infer_slices(prepared, s, list(range(len(s.instances))), "sagittal_t2", sink)
             canal = sagittal_t2_findings(s, peaks)
             for level, r in canal.items():
                 readings[f"spinal_canal_stenosis_{level}"] = r
@@ -182,7 +219,7 @@ class Pipeline:
         if "sagittal_t1" in chosen:
             s = chosen["sagittal_t1"]
             sink = {} if self.keep_heatmaps else None
-            peaks = self._infer_slices(s, list(range(len(s.instances))), "sagittal_t1", timings, sink)
+            peaks = self._infer_slices(prepared, s, list(range(len(s.instances))), "sagittal_t1", sink)
             foramina = sagittal_t1_findings(s, peaks, midline_from_canal(canal))
             for (side, level), r in foramina.items():
                 readings[f"{side}_neural_foraminal_narrowing_{level}"] = r
@@ -201,7 +238,8 @@ class Pipeline:
                     warnings.append(f"the axial series does not cover {', '.join(m.upper().replace('_', '/') for m in missing)}; "
                                     f"those subarticular findings use the class prior")
                 centres = sorted(set(level_slices.values()))
-                peaks = {p.slice_index: p for p in self._infer_slices(s, centres, "axial_t2", timings)} if centres else {}
+                peaks = ({p.slice_index: p for p in self._infer_slices(prepared, s, centres, "axial_t2")}
+                         if centres else {})
                 by_level = {lv: peaks[i] for lv, i in level_slices.items()}
                 for (side, level), r in axial_findings(s, by_level).items():
                     readings[f"{side}_subarticular_stenosis_{level}"] = r
@@ -229,14 +267,76 @@ class Pipeline:
                 if p.instance.sop_uid == r[0].sop_uid:
                     heatmaps.setdefault((series.series_uid, p.instance.sop_uid), {})[column_of(key)] = sink[p.slice_index][k]
 
-    def run(self, studies) -> Iterator[Tuple[object, "StudyResult | LumbarEdgeError"]]:
-        """Run several studies; yields ``(study, result)`` or ``(study, error)``: one bad study
-        never stops the others."""
-        for study in studies:
-            try:
-                yield study, self.run_study(study)
-            except LumbarEdgeError as exc:
-                yield study, exc
+    def run(self, studies, prefetch: int = 1) -> Iterator[Tuple[object, "StudyResult | LumbarEdgeError"]]:
+        """Run several studies (Study objects or folders); yields ``(study, result)`` or
+        ``(study, error)`` in the order given: one bad study never stops the others.
+
+        ``prefetch`` > 0 overlaps the CPU half of the next studies (scan, pixel decoding,
+        preprocessing: :meth:`prepare`) in one background thread with the engine running the
+        current one, holding at most ``prefetch`` prepared studies; 0 runs the stages one after
+        another. Both give identical results.
+        """
+        if prefetch < 0:
+            raise InputError(f"prefetch must be 0 or more, got {prefetch}")
+        if prefetch == 0:
+            for study in studies:
+                try:
+                    yield study, self.run_study(study)
+                except LumbarEdgeError as exc:
+                    yield study, exc
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        items = iter(studies)
+        pending: "deque" = deque()
+        # One worker: studies are prepared in order, one at a time, beside the engine. Folders are
+        # scanned in that thread without forking worker processes (forking a threaded process is unsafe).
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumbar-edge-prefetch")
+
+        def top_up(limit: int) -> None:
+            while len(pending) < limit:
+                study = next(items, _END)
+                if study is _END:
+                    return
+                pending.append((study, pool.submit(self.prepare, study, prefetch=True, scan_executor="thread")))
+
+        try:
+            top_up(1)
+            while pending:
+                study, future = pending.popleft()
+                top_up(prefetch)  # the next studies are prepared while this one runs on the engine
+                try:
+                    result = self.finish(future.result())
+                except LumbarEdgeError as exc:
+                    yield study, exc
+                    continue
+                yield study, result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
+
+
+class _Prepared:
+    """A study after :meth:`Pipeline.prepare`: its chosen series, warnings, timings, and the
+    decoded slices and preprocessed inputs made so far (keyed by series UID and slice index)."""
+
+    __slots__ = ("study", "chosen", "warnings", "timings", "images", "_pixels")
+
+    def __init__(self, study, chosen: dict, warnings: List[str], timings: Dict[str, float]):
+        self.study, self.chosen, self.warnings, self.timings = study, chosen, warnings, timings
+        self.images: Dict[Tuple[str, int], Tuple[np.ndarray, object]] = {}
+        self._pixels: Dict[Tuple[str, int], np.ndarray] = {}
+
+    def pixels(self, series, index: int) -> np.ndarray:
+        """Slice ``index`` of ``series``, decoded once per study."""
+        key = (series.series_uid, index)
+        arr = self._pixels.get(key)
+        if arr is None:
+            arr = self._pixels[key] = series.pixels(index)
+        return arr
 
 
 def _normalised(p) -> Tuple[float, float, float]:

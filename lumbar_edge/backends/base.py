@@ -16,6 +16,7 @@ those methods so that importing a backend module is cheap and never fails.
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib.util
 from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -27,6 +28,8 @@ from ..errors import InputError, LumbarEdgeError, MissingDependencyError
 DEFAULT_STRIDE = 4
 #: The three outputs of the model contract, in the order the decoder takes them.
 OUTPUT_NAMES: Tuple[str, ...] = ("heatmap", "offset", "severity")
+#: What :meth:`Engine.stage` returns when no timer is attached: one shared do-nothing context.
+_NO_STAGE = contextlib.nullcontext()
 
 
 class EngineError(LumbarEdgeError):
@@ -55,6 +58,14 @@ class Engine(abc.ABC):
     DEPENDENCIES: ClassVar[Tuple[Tuple[str, str], ...]] = ()
     #: The ``lumbar-edge[extra]`` that installs :attr:`DEPENDENCIES`.
     EXTRA: ClassVar[str] = "all"
+    #: Where the outputs are decoded (``numpy`` on the host here; GPU backends say ``cuda kernel``).
+    DECODER: ClassVar[str] = "numpy"
+    #: Whether batches cross a host/device boundary (GPU backends); host backends have no copies.
+    DEVICE_COPIES: ClassVar[bool] = False
+    #: An optional stage timer (:class:`lumbar_edge.bench.StageTimer`, or anything with
+    #: ``stage(name, items=0)`` returning a context manager). Benchmarks set it; when it is None
+    #: (always, in production) timing costs one attribute test per stage.
+    timer = None
 
     def __init__(self, *, precision: str = "fp32", max_batch: int = 64, stride: int = DEFAULT_STRIDE,
                  num_keypoints: Optional[int] = None, num_conditions: Optional[int] = None):
@@ -113,6 +124,11 @@ class Engine(abc.ABC):
         :class:`EngineError`."""
         raise EngineError(f"the {cls.name} backend cannot open model bundles")
 
+    @classmethod
+    def precisions_for(cls, bundle) -> List[str]:
+        """The precisions this backend can run ``bundle`` at (empty when none)."""
+        return []
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     @property
@@ -148,6 +164,22 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.deactivate()
+
+    # -- instrumentation ------------------------------------------------------------------------
+
+    def stage(self, name: str, items: int = 0):
+        """A context manager that times stage ``name`` (``h2d``, ``engine``, ``decode``, ``d2h``)
+        on :attr:`timer`; a shared no-op when there is none."""
+        timer = self.timer
+        return _NO_STAGE if timer is None else timer.stage(name, items)
+
+    def device_memory(self) -> Optional[Tuple[int, str]]:
+        """``(bytes, what was measured)`` of device memory since :meth:`reset_device_memory`, or
+        None for a host backend. GPU backends override."""
+        return None
+
+    def reset_device_memory(self) -> None:
+        """Start a new peak for :meth:`device_memory` (GPU backends override)."""
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -238,7 +270,8 @@ class Engine(abc.ABC):
         """
         from ..decode import decode_numpy  # the decoder module is light; imported late to keep this one standalone
 
-        outputs = self.infer(images)
+        with self.stage("engine", len(images) if isinstance(images, np.ndarray) and images.ndim else 0):
+            outputs = self.infer(images)
         groups_arr = np.asarray(groups)
         k = outputs["heatmap"].shape[1]
         c = outputs["severity"].shape[1] // 3
@@ -246,8 +279,9 @@ class Engine(abc.ABC):
                 or (k and (groups_arr.min() < 0 or groups_arr.max() >= c))):
             raise InputError(f"groups must be {k} integers in 0..{c - 1} (one severity group per keypoint "
                              f"channel), got {groups_arr.tolist()}")
-        return decode_numpy(outputs["heatmap"], outputs["offset"], outputs["severity"],
-                            groups_arr.astype(np.int32, copy=False), stride=self.stride)
+        with self.stage("decode"):
+            return decode_numpy(outputs["heatmap"], outputs["offset"], outputs["severity"],
+                                groups_arr.astype(np.int32, copy=False), stride=self.stride)
 
     # -- what a backend implements ---------------------------------------------------------------
 

@@ -98,6 +98,11 @@ class OrtEngine(Engine):
         return cls(bundle.model_path(precision), threads=threads, providers=providers, max_batch=max_batch,
                    precision=precision, num_keypoints=layout.num_keypoints, num_conditions=layout.num_conditions)
 
+    @classmethod
+    def precisions_for(cls, bundle) -> List[str]:
+        """Every precision the bundle has an ONNX model of."""
+        return list(bundle.precisions)
+
     def _activate(self) -> None:
         import onnxruntime as ort
 

@@ -133,6 +133,8 @@ class TensorRTEngine(Engine):
     """
 
     name = "tensorrt"
+    DECODER = "cuda kernel"
+    DEVICE_COPIES = True
     DEPENDENCIES = (("pycuda", "pycuda"),)
     EXTRA = "trt"
 
@@ -202,6 +204,12 @@ class TensorRTEngine(Engine):
                    num_conditions=layout.num_conditions, stride=bundle.stride)
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def precisions_for(cls, bundle) -> List[str]:
+        """The precisions of the bundle's TensorRT engines (whether they fit this GPU is checked
+        when one is opened)."""
+        return list(dict.fromkeys(str(e.get("precision")) for e in bundle.engines))
 
     def _own(self, resource):
         self._owned.append(resource)
@@ -382,6 +390,8 @@ class TensorRTEngine(Engine):
         if groups_arr.ndim != 1 or not np.issubdtype(groups_arr.dtype, np.integer):
             raise InputError(f"groups must be a 1-D sequence of integers, got {groups_arr.tolist()}")
         n = images.shape[0]
+        if self.timer is not None:
+            return self._infer_decoded_timed(images, groups_arr)
         key = (n, tuple(int(g) for g in groups_arr))
         with self._ctx.current():
             self._set_batch(n)
@@ -414,6 +424,43 @@ class TensorRTEngine(Engine):
                           self._records_dev, self._stream.stream)
             self._stream.synchronize()
             return Decoded.from_packed(np.array(records), w)
+
+    def _infer_decoded_timed(self, images: np.ndarray, groups_arr: np.ndarray):
+        """:meth:`infer_decoded` for a stage timer: copy in, engine, decode kernel and copy out
+        run one by one, each synchronised, without the CUDA graph (which fuses them)."""
+        from ...decode import Decoded
+        from ..cuda_resources import cuda_call, driver
+
+        n = images.shape[0]
+        with self._ctx.current():
+            self._set_batch(n)
+            with self.stage("h2d"):
+                self._upload(images)
+                self._stream.synchronize()
+            with self.stage("engine", n):
+                self._enqueue()
+                self._stream.synchronize()
+            with self.stage("decode"):
+                self._decode_into_records(n, groups_arr)
+                self._stream.synchronize()
+            with self.stage("d2h"):
+                records = self._records.array[:n]
+                if not self.integrated:
+                    cuda_call("copying the decoded peaks to the host", driver().memcpy_dtoh_async, records,
+                              self._records_dev, self._stream.stream)
+                self._stream.synchronize()
+                w = tuple(self._context.get_tensor_shape("heatmap"))[3]
+                return Decoded.from_packed(np.array(records), w)
+
+    def device_memory(self) -> Optional[Tuple[int, str]]:
+        """Bytes in use on the whole GPU (all processes: TensorRT has no per-engine peak)."""
+        from ..cuda_resources import driver
+
+        if self._ctx is None:
+            return None
+        with self._ctx.current():
+            free, total = driver().mem_get_info()
+        return int(total - free), "in use on the GPU (cuMemGetInfo, all processes)"
 
     def describe(self) -> Dict[str, object]:
         """Settings for logs and benchmark records."""

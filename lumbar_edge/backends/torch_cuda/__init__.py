@@ -14,7 +14,7 @@ torch and pycuda are imported inside the engine only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -46,6 +46,8 @@ class TorchCudaEngine(Engine):
     """
 
     name = "torch"
+    DECODER = "cuda kernel"
+    DEVICE_COPIES = True
     DEPENDENCIES = (("torch", "torch"), ("pycuda", "pycuda"))
     EXTRA = "train,trt"
 
@@ -101,6 +103,11 @@ class TorchCudaEngine(Engine):
         return cls(bundle.weights_path, bundle.manifest.get("model_config") or {}, (bundle.in_channels, h, w),
                    device=device, precision=precision or "fp16", max_batch=max_batch, cuda_graphs=cuda_graphs,
                    num_keypoints=layout.num_keypoints, num_conditions=layout.num_conditions, stride=bundle.stride)
+
+    @classmethod
+    def precisions_for(cls, bundle) -> List[str]:
+        """FP16 and FP32 when the bundle has its FP32 weights (``model.pt``), else none."""
+        return list(PRECISIONS) if bundle.weights_path is not None else []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -181,27 +188,48 @@ class TorchCudaEngine(Engine):
         self._graphs[n] = captured
         return captured
 
+    def _sync_if_timed(self) -> None:
+        """With a stage timer, wait for the stream so each stage's time is its own."""
+        if self.timer is not None:
+            self._torch_stream.synchronize()
+
     def _run(self, images: np.ndarray):
-        """Enqueue the network on the engine's stream; returns the device output tensors."""
+        """Enqueue the network on the engine's stream; returns the device output tensors.
+
+        With a stage timer (benchmarks) the copy in (``h2d``) and the network (``engine``) are
+        synchronised separately; without one nothing waits."""
         import torch
 
         n = images.shape[0]
         host = self._pinned[:n]
-        host.numpy()[...] = images
         with torch.inference_mode(), torch.cuda.stream(self._torch_stream):
-            if not self.cuda_graphs:
-                return self._forward(host.to(f"cuda:{self.device}", non_blocking=True))
-            captured = self._graphs.get(n)
-            if captured is None:
-                captured = self._capture(n)
-            captured.static_input.copy_(host, non_blocking=True)
-            captured.graph.replay()
-            return captured.outputs
+            captured = None
+            if self.cuda_graphs:
+                captured = self._graphs.get(n)
+                if captured is None:
+                    captured = self._capture(n)
+            with self.stage("h2d"):
+                host.numpy()[...] = images
+                if captured is not None:
+                    captured.static_input.copy_(host, non_blocking=True)
+                    device_input = captured.static_input
+                else:
+                    device_input = host.to(f"cuda:{self.device}", non_blocking=True)
+                self._sync_if_timed()
+            with self.stage("engine", n):
+                if captured is not None:
+                    captured.graph.replay()
+                    outputs = captured.outputs
+                else:
+                    outputs = self._forward(device_input)
+                self._sync_if_timed()
+            return outputs
 
     def _infer(self, images: np.ndarray) -> Mapping[str, np.ndarray]:
         outputs = self._run(images)
-        self._torch_stream.synchronize()
-        return {k: outputs[k].float().cpu().numpy() for k in OUTPUT_NAMES}
+        with self.stage("d2h"):
+            self._torch_stream.synchronize()
+            return {k: outputs[k].float().cpu().numpy() for k in OUTPUT_NAMES}
 
     def infer_decoded(self, images: np.ndarray, groups: "Sequence[int] | np.ndarray"):
         """Run a batch and decode it with the CUDA kernel on the output tensors in place; only the
@@ -212,11 +240,26 @@ class TorchCudaEngine(Engine):
         heatmap = outputs["heatmap"]
         n, k, h, w = heatmap.shape
         with self._ctx.current():
-            self._decoder.decode(heatmap.data_ptr(), outputs["offset"].data_ptr(), outputs["severity"].data_ptr(),
-                                 n, k, h, w, groups, "float16" if self.precision == "fp16" else "float32",
-                                 self._stream.stream, num_conditions=outputs["severity"].shape[1] // 3,
-                                 stride=float(self.stride))
-            return self._decoder.download(n, k, w, self._stream.stream)
+            with self.stage("decode"):
+                self._decoder.decode(heatmap.data_ptr(), outputs["offset"].data_ptr(), outputs["severity"].data_ptr(),
+                                     n, k, h, w, groups, "float16" if self.precision == "fp16" else "float32",
+                                     self._stream.stream, num_conditions=outputs["severity"].shape[1] // 3,
+                                     stride=float(self.stride))
+                if self.timer is not None:
+                    self._stream.synchronize()
+            with self.stage("d2h"):
+                return self._decoder.download(n, k, w, self._stream.stream)
+
+    def device_memory(self) -> Optional[Tuple[int, str]]:
+        """Peak bytes PyTorch allocated on the device since :meth:`reset_device_memory`."""
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(self.device)), "torch.cuda.max_memory_allocated"
+
+    def reset_device_memory(self) -> None:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(self.device)
 
     def describe(self) -> Dict[str, object]:
         """Settings for logs and benchmark records."""
