@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+
+from lumbar_edge.benchmarks.common import median_ms
 
 
 def skip_reason() -> Optional[str]:
@@ -30,17 +30,6 @@ def skip_reason() -> Optional[str]:
     from lumbar_edge.backends.torch_cuda import TorchCudaEngine
 
     return TorchCudaEngine.unavailable_reason()
-
-
-def _median_ms(fn, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def run(batch: int = 1, iters: int = 50, size: int = 256) -> List[Dict[str, object]]:
@@ -68,7 +57,7 @@ def run(batch: int = 1, iters: int = 50, size: int = 256) -> List[Dict[str, obje
                 hm, off, sev = eager(torch.from_numpy(images).to("cuda:0"))
                 return decode_numpy(hm.cpu().numpy(), off.cpu().numpy(), sev.cpu().numpy(), groups, stride=4)
 
-        t_base = _median_ms(baseline, iters, 5)
+        t_base = median_ms(baseline, iters, 5)
         want = baseline()
         del eager
         torch.cuda.empty_cache()
@@ -79,7 +68,7 @@ def run(batch: int = 1, iters: int = 50, size: int = 256) -> List[Dict[str, obje
                                  max_batch=max(batch, 1), num_keypoints=len(groups),
                                  num_conditions=ALL_VIEWS.num_conditions) as engine:
                 got = engine.infer_decoded(images, groups)
-                results[label] = (_median_ms(lambda: engine.infer_decoded(images, groups), iters, 5),
+                results[label] = (median_ms(lambda: engine.infer_decoded(images, groups), iters, 5),
                                   float(np.mean(got.index == want.index)))
     rows.append({"bench": "backend", "batch": batch, "way": "eager fp32 torch + numpy decode (baseline)",
                  "ms": round(t_base, 3), "speedup_vs_eager_fp32": 1.0, "peak_agreement": 1.0})

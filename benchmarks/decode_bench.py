@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from lumbar_edge.benchmarks.common import median_ms
 
 
 def skip_reason() -> Optional[str]:
@@ -60,17 +60,6 @@ def torch_decode(hm, off, sev, groups_t, stride: float):
     y = (iy + offs[..., 1].float() + 0.5) * stride - 0.5
     return torch.stack([x, y, torch.sigmoid(logit.float()), probs[..., 0], probs[..., 1], probs[..., 2],
                         idx.float(), logit.float()], dim=-1)
-
-
-def _median_ms(fn, iters: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def run(batches: Sequence[int] = (1, 16), iters: int = 200, size: int = 256) -> List[Dict[str, object]]:
@@ -114,9 +103,9 @@ def run(batches: Sequence[int] = (1, 16), iters: int = 200, size: int = 256) -> 
                     raise RuntimeError("the decode kernel's peaks differ from numpy's")
                 if not np.array_equal(ops()[..., 6].astype(np.int64), want.index):
                     raise RuntimeError("the PyTorch decode's peaks differ from numpy's")
-                t_kernel = _median_ms(kernel, iters, 20)
-                t_ops = _median_ms(ops, iters, 20)
-                t_host = _median_ms(host, max(10, iters // 10), 3)
+                t_kernel = median_ms(kernel, iters, 20)
+                t_ops = median_ms(ops, iters, 20)
+                t_host = median_ms(host, max(10, iters // 10), 3)
                 for way, ms in (("kernel", t_kernel), ("torch_ops", t_ops), ("host_numpy", t_host)):
                     rows.append({"bench": "decode", "batch": n, "way": way, "ms": round(ms, 4),
                                  "kernel_speedup": round(ms / t_kernel, 2),

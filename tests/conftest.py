@@ -69,3 +69,18 @@ def tiny_rsna(tmp_path_factory):
     synthesize(root / "train", n_studies=4, seed=11, workers=1, options=opts)
     synthesize(root / "val", n_studies=2, seed=12, workers=1, options=opts)
     return root / "train", root / "val"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_rsna, tmp_path_factory):
+    """A real ONNX bundle (FP32 + model.pt) of a tiny model trained one epoch on ``tiny_rsna``
+    (pipeline, infer and bench tests: the plumbing runs for real, the accuracy is not the point)."""
+    from lumbar_edge.export.build import export_bundle
+    from lumbar_edge.training.train import TrainConfig, train
+
+    train_dir, val_dir = tiny_rsna
+    root = tmp_path_factory.mktemp("bundle")
+    train(TrainConfig(data=str(train_dir), out=str(root / "run"), val_data=str(val_dir), size=64, epochs=1,
+                      batch_size=4, width=8, decoder_channels=16, seed=1), progress=False)
+    export_bundle(root / "run" / "best.pt", root / "bundle", ("fp32",), progress=False)
+    return root / "bundle"

@@ -17,20 +17,8 @@ import pytest
 from lumbar_edge.cli import main
 from lumbar_edge.dicom import scan_path
 from lumbar_edge.labels import CONDITIONS, LEVELS
+from lumbar_edge.errors import InputError, LumbarEdgeError
 from lumbar_edge.pipeline import Pipeline, StudyError
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tiny_rsna, tmp_path_factory):
-    from lumbar_edge.export.build import export_bundle
-    from lumbar_edge.training.train import TrainConfig, train
-
-    train_dir, val_dir = tiny_rsna
-    root = tmp_path_factory.mktemp("bundle")
-    train(TrainConfig(data=str(train_dir), out=str(root / "run"), val_data=str(val_dir), size=64, epochs=1,
-                      batch_size=4, width=8, decoder_channels=16, seed=1), progress=False)
-    export_bundle(root / "run" / "best.pt", root / "bundle", ("fp32",), progress=False)
-    return root / "bundle"
 
 
 def _tree_digest(folder: Path) -> str:
@@ -150,3 +138,30 @@ def test_infer_refuses_an_output_inside_the_input(tiny_rsna, tiny_bundle, capsys
     assert code == 2
     assert "inside the input" in capsys.readouterr().err
     assert not (val_dir / "results").exists()
+
+
+def _findings(result):
+    return [(f.condition, f.level, f.probabilities, f.source,
+             None if f.keypoint is None else (f.keypoint.sop_uid, f.keypoint.x, f.keypoint.y)) for f in result.findings]
+
+
+def test_overlapped_run_gives_the_sequential_results_in_order_and_survives_a_bad_study(tiny_rsna, tiny_bundle, tmp_path):
+    _, val_dir = tiny_rsna
+    scan = scan_path(val_dir / "train_images", progress=False)
+    bad = _coronal_only_study(scan.studies[0], tmp_path / "coronal")
+    # Study objects, a bad folder in the middle, and a study folder: what run() accepts.
+    folder = Path(scan.studies[1].series[0].instances[0].path).parent.parent
+    studies = [scan.studies[0], bad, folder, tmp_path / "no-such-folder"]
+    with Pipeline.load(tiny_bundle, backend="onnxruntime") as pipe:
+        runs = {prefetch: list(pipe.run(studies, prefetch=prefetch)) for prefetch in (0, 1, 2)}
+    for prefetch, got in runs.items():
+        assert [s for s, _ in got] == studies, prefetch
+        assert isinstance(got[1][1], StudyError) and "none of the needed series" in str(got[1][1])
+        assert isinstance(got[3][1], LumbarEdgeError) and not isinstance(got[3][1], StudyError)
+        for (_, want), (_, have) in zip(runs[0], got):
+            if not isinstance(want, LumbarEdgeError):
+                assert _findings(have) == _findings(want)
+                assert have.warnings == want.warnings and set(have.slices) == set(want.slices)
+    assert runs[1][2][1].study_id == scan.studies[1].study_id
+    with pytest.raises(InputError, match="prefetch"):
+        list(Pipeline.load(tiny_bundle, backend="onnxruntime").run(studies, prefetch=-1))

@@ -1,0 +1,44 @@
+"""The end-to-end baselines do the same job as lumbar-edge: same findings from the naive loader,
+and the end-to-end benchmark's document has every contender and ratio (n/a with reasons on CPU)."""
+from pathlib import Path
+
+import pytest
+
+from lumbar_edge.benchmarks.baselines import baseline_engine, baseline_unavailable, naive_load_study
+from lumbar_edge.bundle import Bundle
+from lumbar_edge.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def one_study(tiny_rsna):
+    _, val_dir = tiny_rsna
+    return next(p for p in sorted((val_dir / "train_images").iterdir()) if p.is_dir())
+
+
+def test_the_naive_loader_feeds_the_pipeline_the_same_study(tiny_bundle, one_study):
+    bundle = Bundle.load(tiny_bundle)
+    study = naive_load_study(one_study)
+    with Pipeline.load(tiny_bundle, backend="onnxruntime", precision="fp32") as ours, \
+            Pipeline(bundle, baseline_engine("c", bundle)) as naive:
+        want, got = ours.run_study(one_study), naive.run_study(study)
+    assert [(f.condition, f.level, f.probabilities) for f in got.findings] == \
+        [(f.condition, f.level, f.probabilities) for f in want.findings]
+    assert got.series_used == want.series_used
+
+
+def test_end_to_end_document_lists_every_contender_and_ratio(tiny_bundle, one_study):
+    from lumbar_edge.benchmarks.end_to_end import RATIOS, format_result, run
+
+    doc = run(tiny_bundle, one_study, repeats=1, batch=4, overlays=False, progress=False)
+    names = [c["name"] for c in doc["contenders"]]
+    assert names[:3] == ["lumbar-edge cpu int8", "lumbar-edge cpu fp32", "lumbar-edge gpu"] and names[3:] == ["a", "b", "c"]
+    by = {c["name"]: c for c in doc["contenders"]}
+    assert "na" in by["lumbar-edge cpu int8"]  # the tiny bundle has no INT8 model
+    assert by["lumbar-edge cpu fp32"]["median_s"] > 0 and by["c"]["same_grades_as_lumbar_edge_fp32"] == 1.0
+    if baseline_unavailable("b", Bundle.load(tiny_bundle)):
+        assert "CUDA" in by["b"]["na"]
+    assert [r["ratio"] for r in doc["ratios"]] == [r[0] for r in RATIOS]
+    for r in doc["ratios"]:
+        assert (r["value"] is None) == bool(r["na"])
+    text = format_result(doc)
+    assert "baseline (c) is read as" in text and "(c) naive ONNX Runtime FP32 / lumbar-edge cpu fp32" in text
