@@ -223,6 +223,52 @@ def export_cmd(checkpoint, precisions, out_dir, calib, calib_slices, calib_metho
 
 
 @cli.command()
+@click.option("--model", required=True, type=click.Path(path_type=Path), help="Model bundle folder.")
+@click.option("--spool", required=True, type=click.Path(path_type=Path),
+              help="Folder for received instances and the listener's state (resumed after a restart).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the results: JSON, CSV, PNG overlays and the DICOM SR and Secondary Captures.")
+@click.option("--ae-title", default="LUMBAR_EDGE", show_default=True, help="This listener's AE title.")
+@click.option("--port", type=click.IntRange(0, 65535), default=11112, show_default=True, help="TCP port (0: any free port).")
+@click.option("--host", default="", help="Address to listen on (default: all).")
+@click.option("--forward", default=None, metavar="HOST:PORT:AET",
+              help="Send the DICOM results by C-STORE to this AE (the PACS), retrying until delivered.")
+@click.option("--allow", multiple=True, metavar="AET", help="Accept only these calling AE titles (repeatable).")
+@click.option("--quiet-time", type=float, default=10.0, show_default=True,
+              help="Seconds without new instances after which a released study counts as complete.")
+@click.option("--max-associations", type=click.IntRange(1, 1000), default=8, show_default=True)
+@click.option("--max-pdu", type=click.IntRange(4096), default=65536, show_default=True,
+              help="Largest PDU received, in bytes.")
+@click.option("--max-spool-mb", type=click.FloatRange(min=1), default=4096.0, show_default=True,
+              help="Disk the waiting instances may take; beyond it instances are refused (status A700).")
+@click.option("--hold-timeout", type=float, default=86400.0, show_default=True,
+              help="Seconds a study from an aborted association waits to be sent again before it is set aside.")
+@click.option("--keep-spool", is_flag=True, help="Keep received instances after processing.")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "torch", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Model precision (default: the best the backend runs).")
+@click.option("--no-overlays", is_flag=True, help="Skip the PNG overlays (the DICOM Secondary Captures are still made).")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+def serve(model, spool, out_dir, ae_title, port, host, forward, allow, quiet_time, max_associations, max_pdu,
+          max_spool_mb, hold_timeout, keep_spool, backend, precision, no_overlays, verbose) -> None:
+    """DICOM listener: receive MR studies (C-STORE), grade each, answer with a DICOM SR and overlays."""
+    import logging
+
+    from .serve import ServeConfig, parse_forward, run_server
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom's own INFO lines repeat ours; its debug dumps are only for --verbose.
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    config = ServeConfig(model=model, spool=spool, out=out_dir, ae_title=ae_title, host=host, port=port,
+                         forward=parse_forward(forward) if forward else None, allow=tuple(allow),
+                         quiet_time=quiet_time, hold_timeout=hold_timeout, max_associations=max_associations,
+                         max_pdu=max_pdu, max_spool_bytes=int(max_spool_mb * 2 ** 20), keep_spool=keep_spool,
+                         backend=backend, precision=precision, overlays=not no_overlays)
+    run_server(config, echo=click.echo)
+
+
+@cli.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
               help="Folder for the data, run, bundle and results (must be new or empty).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

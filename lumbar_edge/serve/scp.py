@@ -1,0 +1,210 @@
+"""The DICOM side of the listener: a pynetdicom Storage SCP for MR images, plus Verification.
+
+What a peer sees:
+
+* **Verification** (C-ECHO) and **MR Image Storage** are the only presentation contexts
+  accepted; any other SOP class (CT, a Secondary Capture, an SR ...) is rejected at association
+  negotiation ("abstract syntax not supported", PS3.8), so a non-MR object is never received.
+  Transfer syntaxes: the uncompressed ones, plus each compressed one this installation can
+  decode (``pip install 'lumbar-edge[codecs]'``).
+* **Calling AE titles**: with ``--allow``, an association from any other calling AE title is
+  rejected (permanent, "calling AE title not recognised").
+* **Association count**: beyond ``--max-associations`` at once, an association is rejected
+  (transient, "local limit exceeded"); the peer may try again later.
+* **PDU size**: the listener announces ``--max-pdu`` as its maximum PDU length; a peer that sends
+  a larger P-DATA PDU anyway has its instance refused and the association aborted.
+* **C-STORE statuses**: 0000 stored; A900 the data set is not an MR image (SOP Class UID or
+  Modality do not match the MR Image Storage context it came on); C000 the data set cannot be
+  read or lacks valid Study/SOP Instance UIDs; A700 out of resources (the spool limit or the disk
+  is full: try later).
+
+Every refusal is logged once per association, with the calling AE title and the reason; logs
+name studies by StudyInstanceUID only, never by patient name or ID.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Dict, List, Optional
+
+from ..errors import InputError, MissingDependencyError
+from .config import ServeConfig
+from .dicom_common import valid_uid
+from .tracker import STATUS_OUT_OF_RESOURCES, StudyTracker
+
+log = logging.getLogger("lumbar_edge.serve")
+
+STATUS_NOT_MR = 0xA900  # Error: Data Set does not match SOP Class
+STATUS_CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand
+A_RELEASE_RQ_TYPE = 0x05
+P_DATA_TF_TYPE = 0x04
+PDU_HEADER = 6  # type, reserved, 4-byte length
+
+
+def require_pynetdicom():
+    """The pynetdicom module; raises :class:`MissingDependencyError` naming the ``serve`` extra."""
+    try:
+        import pynetdicom
+    except ImportError as exc:
+        raise MissingDependencyError("lumbar-edge serve (the DICOM listener)", ["pynetdicom"], "serve") from exc
+    return pynetdicom
+
+
+def storage_transfer_syntaxes() -> List[str]:
+    """Transfer syntaxes accepted for MR images: the uncompressed ones, then each compressed one
+    whose pixel decoder is available here."""
+    from pydicom import uid
+    from pydicom.pixels import get_decoder
+
+    accepted = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian,
+                uid.ExplicitVRBigEndian]
+    for ts in (uid.RLELossless, uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1,
+               uid.JPEGLSLossless, uid.JPEGLSNearLossless, uid.JPEG2000Lossless, uid.JPEG2000):
+        try:
+            if get_decoder(ts).is_available:
+                accepted.append(ts)
+        except NotImplementedError:
+            continue
+    return accepted
+
+
+class StorageSCP:
+    """The pynetdicom AE and its event handlers, feeding :class:`StudyTracker`."""
+
+    def __init__(self, config: ServeConfig, tracker: StudyTracker):
+        pynetdicom = require_pynetdicom()
+        from pydicom.uid import MRImageStorage
+        from pynetdicom.sop_class import Verification
+
+        self.config = config
+        self.tracker = tracker
+        self._evt = pynetdicom.evt
+        self._sessions: Dict[int, str] = {}  # id(Association) -> session id
+        self._pdu_violations: Dict[str, int] = {}
+        self._mr = MRImageStorage
+        ae = pynetdicom.AE(ae_title=config.ae_title)
+        ae.add_supported_context(Verification)
+        ae.add_supported_context(MRImageStorage, storage_transfer_syntaxes())
+        ae.maximum_associations = config.max_associations
+        ae.maximum_pdu_size = config.max_pdu
+        ae.network_timeout = config.network_timeout
+        ae.acse_timeout = ae.dimse_timeout = config.network_timeout
+        if config.allow:
+            ae.require_calling_aet = list(config.allow)
+        self.ae = ae
+        self.server = None
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def start(self) -> int:
+        """Listen (non-blocking); returns the bound port. Raises :class:`InputError` when the
+        address cannot be bound (in use, no permission)."""
+        evt = self._evt
+        handlers = [(evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected),
+                    (evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
+                    (evt.EVT_DATA_RECV, self._on_data), (evt.EVT_PDU_RECV, self._on_pdu),
+                    (evt.EVT_RELEASED, self._on_released), (evt.EVT_CONN_CLOSE, self._on_closed)]
+        try:
+            self.server = self.ae.start_server((self.config.host, self.config.port), block=False,
+                                               evt_handlers=handlers)
+        except OSError as exc:
+            raise InputError(f"cannot listen on {self.config.host or '*'}:{self.config.port}: {exc}") from exc
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    def _session_id(self, assoc) -> Optional[str]:
+        return self._sessions.get(id(assoc))
+
+    def _on_accepted(self, event) -> None:
+        assoc = event.assoc
+        sid = uuid.uuid4().hex[:12]
+        self._sessions[id(assoc)] = sid
+        calling = assoc.requestor.ae_title
+        self.tracker.open_session(sid, calling)
+        log.info("association %s from %s (%s:%s) accepted", sid, calling, assoc.requestor.address,
+                 assoc.requestor.port)
+
+    def _on_rejected(self, event) -> None:
+        assoc = event.assoc
+        reason = "calling AE title not allowed" if (
+            self.config.allow and assoc.requestor.ae_title not in self.config.allow) else (
+            f"more than {self.config.max_associations} associations at once")
+        log.warning("association from %s (%s) rejected: %s", assoc.requestor.ae_title, assoc.requestor.address, reason)
+
+    def _on_echo(self, event) -> int:
+        return 0x0000
+
+    def _on_data(self, event) -> None:
+        """Enforce the announced maximum PDU length on what the peer sends."""
+        data = event.data
+        if len(data) < PDU_HEADER or data[0] != P_DATA_TF_TYPE:
+            return
+        limit = self.config.max_pdu
+        length = int.from_bytes(data[2:6], "big")
+        if length > limit:
+            sid = self._session_id(event.assoc) or "?"
+            if sid not in self._pdu_violations:
+                log.warning("association %s from %s: a %d-byte PDU exceeds the announced maximum of %d bytes; "
+                            "aborting", sid, event.assoc.requestor.ae_title, length, limit)
+            self._pdu_violations[sid] = length
+            event.assoc.abort(block=False)
+
+    def _on_pdu(self, event) -> None:
+        # A-RELEASE-RQ: the peer has sent all it meant to. Recorded here, before the release
+        # response goes out, so a crash can never leave a sender believing in a release we lost.
+        if getattr(event.pdu, "pdu_type", None) == A_RELEASE_RQ_TYPE:
+            sid = self._session_id(event.assoc)
+            if sid is not None:
+                self.tracker.release(sid)
+
+    def _on_released(self, event) -> None:
+        sid = self._session_id(event.assoc)
+        if sid is not None:
+            self.tracker.release(sid)  # idempotent: normally done on the A-RELEASE-RQ already
+
+    def _on_closed(self, event) -> None:
+        sid = self._sessions.pop(id(event.assoc), None)
+        if sid is None:
+            return
+        reason = "exceeded the PDU size" if self._pdu_violations.pop(sid, None) else "was aborted or dropped"
+        self.tracker.close(sid, reason)
+
+    def _on_store(self, event) -> int:
+        sid = self._session_id(event.assoc)
+        if sid is None:
+            return STATUS_CANNOT_UNDERSTAND
+        if sid in self._pdu_violations:
+            return STATUS_OUT_OF_RESOURCES
+        session = self.tracker.session(sid)
+        try:
+            ds = event.dataset
+            sop_class = str(ds.get("SOPClassUID", ""))
+            modality = str(ds.get("Modality", ""))
+            study_uid = str(ds.get("StudyInstanceUID", ""))
+            sop_uid = str(ds.get("SOPInstanceUID", ""))
+        except Exception as exc:  # pydicom raises many types for a malformed data set
+            self._refuse(session, f"an unreadable data set ({type(exc).__name__})")
+            return STATUS_CANNOT_UNDERSTAND
+        context_class = str(event.context.abstract_syntax)
+        if context_class != self._mr or sop_class != self._mr or modality != "MR":
+            self._refuse(session, f"a non-MR object (SOP class {sop_class or 'missing'}, modality "
+                                  f"{modality or 'missing'}) on the {context_class} context: status A900")
+            return STATUS_NOT_MR
+        if not valid_uid(study_uid) or not valid_uid(sop_uid):
+            self._refuse(session, "an instance without valid StudyInstanceUID/SOPInstanceUID: status C000")
+            return STATUS_CANNOT_UNDERSTAND
+        return self.tracker.store(sid, study_uid, sop_uid, event.encoded_dataset(include_meta=True))
+
+    @staticmethod
+    def _refuse(session, why: str) -> None:
+        if session is None:
+            return
+        session.refused += 1
+        if session.refused == 1:
+            log.warning("association %s from %s: refused %s", session.id, session.calling_aet, why)
