@@ -44,7 +44,7 @@ def _subset_root(root: Path, studies: List[Path], n: int, dest: Path) -> Path:
 
 
 def slice_scaling(model: Path, counts: Sequence[int], backend: str, precision: Optional[str], repeats: int,
-                  tmp: Path) -> List[Dict[str, object]]:
+                  tmp: Path, overlays: bool = True) -> List[Dict[str, object]]:
     from lumbar_edge.infer import write_study_outputs
     from lumbar_edge.pipeline import Pipeline
     from lumbar_edge.synth import synthesize
@@ -55,7 +55,7 @@ def slice_scaling(model: Path, counts: Sequence[int], backend: str, precision: O
             data = tmp / f"slices{n}"
             synthesize(data, n_studies=1, seed=100 + n, workers=1, sagittal_slices=(n, n), axial_slices=(2 * n, 2 * n))
             study = next(p for p in (data / "train_images").iterdir() if p.is_dir())
-            run = lambda i: write_study_outputs(pipe.run_study(study), tmp / f"out-s{n}-{i}")  # noqa: E731
+            run = lambda i: write_study_outputs(pipe.run_study(study), tmp / f"out-s{n}-{i}", overlays=overlays)  # noqa: E731
             run(-1)
             times = [timed(lambda: run(i))[0] for i in range(repeats)]
             med = statistics.median(times)
@@ -65,7 +65,7 @@ def slice_scaling(model: Path, counts: Sequence[int], backend: str, precision: O
 
 
 def root_scaling(model: Path, root: Path, sizes: Sequence[int], backend: str, precision: Optional[str],
-                 tmp: Path, passes: int = 1) -> List[Dict[str, object]]:
+                 tmp: Path, passes: int = 1, overlays: bool = True) -> List[Dict[str, object]]:
     from lumbar_edge.dicom import scan_path
     from lumbar_edge.infer import run_infer
 
@@ -79,7 +79,7 @@ def root_scaling(model: Path, root: Path, sizes: Sequence[int], backend: str, pr
         # the others): both modes see the same warm page cache.
         for k, prefetch in enumerate((0, 1) * (passes if n == max(sizes) else 1)):
             seconds, summary = timed(lambda: run_infer(sub, model, tmp / f"out{n}-{k}", backend=backend,
-                                                       precision=precision, progress=False, prefetch=prefetch,
+                                                       precision=precision, progress=False, prefetch=prefetch, overlays=overlays,
                                                        echo=lambda *_: None))
             if len(summary.succeeded) != n:
                 raise RuntimeError(f"{len(summary.failed)} of {n} studies failed: {summary.failed}")
@@ -97,7 +97,8 @@ def format_result(doc: dict) -> str:
     from lumbar_edge.bench import table
 
     m = doc["machine"]
-    lines = [f"scaling: {doc['backend']} ({doc['precision'] or 'default precision'}); {m['processor']}, "
+    lines = [f"scaling: {doc['backend']} ({doc['precision'] or 'default precision'}), reports "
+             f"{'with' if doc.get('overlays', True) else 'without'} overlays; {m['processor']}, "
              f"{m['cpus']} CPUs, {m['gpu'] or 'no GPU'}", "", "time per study against its size (one study, median):"]
     lines += table(["sagittal/axial slices", "median s", "ms per file"],
                    [[f"{r['sagittal_slices']}+{r['sagittal_slices']}/{r['axial_slices']}", f"{r['median_s']:.2f}",
@@ -127,6 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs per size in the slices table")
     parser.add_argument("--passes", type=int, default=1, help="sequential/overlapped pairs on the largest root")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-overlays", action="store_true", help="JSON reports and CSV only (no PNG overlays)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     from lumbar_edge.bench import machine_info
@@ -148,10 +150,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         root = Path(root) / "train_images" if (Path(root) / "train_images").is_dir() else Path(root)
         print("slices per study ...", file=sys.stderr)
         slices = slice_scaling(args.model, [int(s) for s in args.slices.split(",")], args.backend, precision,
-                               args.repeats, tmp_path)
+                               args.repeats, tmp_path, not args.no_overlays)
         print("studies per root ...", file=sys.stderr)
-        roots = root_scaling(args.model, root, sizes, args.backend, precision, tmp_path, args.passes)
+        roots = root_scaling(args.model, root, sizes, args.backend, precision, tmp_path, args.passes, not args.no_overlays)
     doc = {"benchmark": "scaling", "bundle": str(args.model), "backend": args.backend, "precision": precision,
+           "overlays": not args.no_overlays,
            "machine": machine_info(), "slices": slices, "roots": roots,
            "overlap": "Pipeline.run(prefetch=1): the next study's scan, pixel decode and preprocessing in a "
                       "background thread while the engine runs the current one"}
