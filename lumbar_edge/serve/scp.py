@@ -7,6 +7,8 @@ What a peer sees:
   negotiation ("abstract syntax not supported", PS3.8), so a non-MR object is never received.
   Transfer syntaxes: the uncompressed ones, plus each compressed one this installation can
   decode (``pip install 'lumbar-edge[codecs]'``).
+* **Called AE title**: an association addressed to another AE title than ``--ae-title`` is
+  rejected ("called AE title not recognised").
 * **Calling AE titles**: with ``--allow``, an association from any other calling AE title is
   rejected (permanent, "calling AE title not recognised").
 * **Association count**: beyond ``--max-associations`` at once, an association is rejected
@@ -89,6 +91,7 @@ class StorageSCP:
         ae.maximum_pdu_size = config.max_pdu
         ae.network_timeout = config.network_timeout
         ae.acse_timeout = ae.dimse_timeout = config.network_timeout
+        ae.require_called_aet = True  # associations must be addressed to this AE title
         if config.allow:
             ae.require_calling_aet = list(config.allow)
         self.ae = ae

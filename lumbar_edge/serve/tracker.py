@@ -14,6 +14,9 @@ abort sends to it again and is released normally (a sender retrying its study), 
 in ``abandoned/``, never processed, when nobody does so within ``hold_timeout``. So a dropped
 client never gets a half study processed.
 
+The same holds for a study some of whose instances were refused (out of resources): it is held
+until sent again, as the sender knows those instances failed.
+
 **Exactly once.** A study's instances are processed as one *batch*; once a batch is complete, its
 SOPInstanceUIDs are remembered: the same instances sent again are acknowledged and dropped, new
 instances of that study start its next revision. The transitions are persisted (state.py) before
@@ -45,6 +48,8 @@ class Session:
     calling_aet: str
     started: float = field(default_factory=time.time)
     studies: Set[str] = field(default_factory=set)
+    #: Studies some of whose instances this association had refused (out of resources).
+    incomplete: Set[str] = field(default_factory=set)
     released: bool = False
     stored: int = 0
     duplicates: int = 0
@@ -143,6 +148,7 @@ class StudyTracker:
         ok, why = self.spool.reserve(len(data))
         if not ok:
             session.refused += 1
+            session.incomplete.add(study_uid)
             if session.refused == 1:
                 log.warning("association %s from %s: refusing instances with status A700 (out of resources): %s",
                             session.id, session.calling_aet, why)
@@ -152,6 +158,7 @@ class StudyTracker:
         except OSError as exc:
             self.spool.unreserve(len(data))
             session.refused += 1
+            session.incomplete.add(study_uid)
             log.error("association %s: an instance of study %s cannot be written to the spool (%s); "
                       "refused with status A700", session.id, study_uid, exc)
             return STATUS_OUT_OF_RESOURCES
@@ -176,6 +183,13 @@ class StudyTracker:
                 batch.sessions.discard(session_id)
                 batch.last_activity = now
                 st = batch.state
+                if uid in session.incomplete:
+                    # The sender knows those instances failed and must send them again: the study
+                    # is not complete, whatever the quiet time says.
+                    if not st.held:
+                        self._hold(st, f"association {session.id} from {session.calling_aet} had instances "
+                                       f"of it refused")
+                    continue
                 if st.held and st.held_since is not None and session.started > st.held_since:
                     st.held, st.held_since = False, None
                     self.states.save(st)
