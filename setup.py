@@ -11,7 +11,7 @@ EXTRAS = {
     "export": ["torch>=2.4", "onnx>=1.16"],
     "trt": ["pycuda>=2024.1", "tensorrt-lean-cu13"],
     "codecs": ["pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3", "pyjpegls>=1.2"],
-    "serve": ["pynetdicom>=2.1"],
+    "serve": ["pynetdicom>=3.0"],
     "dev": ["pytest>=7"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps if "tensorrt" not in dep and "pycuda" not in dep})
