@@ -81,32 +81,29 @@ def code_item(code: Code) -> Dataset:
     return item
 
 
-def _item(relationship: Optional[str], value_type: str, concept: Optional[Code]) -> Dataset:
+def _item(relationship: Optional[str], value_type: str, concept: Optional[Code], **values) -> Dataset:
+    """A content item; ``values`` are its value attributes by keyword."""
     item = Dataset()
     if relationship is not None:
         item.RelationshipType = relationship
     item.ValueType = value_type
     if concept is not None:
         item.ConceptNameCodeSequence = DicomSequence([code_item(concept)])
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
     return item
 
 
 def text(relationship: str, concept: Code, value: str) -> Dataset:
-    item = _item(relationship, "TEXT", concept)
-    item.TextValue = value
-    return item
+    return _item(relationship, "TEXT", concept, TextValue=value)
 
 
 def code(relationship: str, concept: Code, value: Code) -> Dataset:
-    item = _item(relationship, "CODE", concept)
-    item.ConceptCodeSequence = DicomSequence([code_item(value)])
-    return item
+    return _item(relationship, "CODE", concept, ConceptCodeSequence=DicomSequence([code_item(value)]))
 
 
 def uidref(relationship: str, concept: Code, value: str) -> Dataset:
-    item = _item(relationship, "UIDREF", concept)
-    item.UID = value
-    return item
+    return _item(relationship, "UIDREF", concept, UID=value)
 
 
 def num(relationship: str, concept: Code, value: float, unit: Code = NO_UNITS) -> Dataset:
@@ -120,10 +117,8 @@ def num(relationship: str, concept: Code, value: float, unit: Code = NO_UNITS) -
 
 
 def container(relationship: Optional[str], concept: Code, children: Sequence[Dataset]) -> Dataset:
-    item = _item(relationship, "CONTAINER", concept)
-    item.ContinuityOfContent = "SEPARATE"
-    item.ContentSequence = DicomSequence(list(children))
-    return item
+    return _item(relationship, "CONTAINER", concept, ContinuityOfContent="SEPARATE",
+                 ContentSequence=DicomSequence(list(children)))
 
 
 def image_reference(relationship: str, sop_class_uid: str, sop_instance_uid: str) -> Dataset:
@@ -136,11 +131,8 @@ def image_reference(relationship: str, sop_class_uid: str, sop_instance_uid: str
 
 
 def point(relationship: str, concept: Code, column: float, row: float, image: Dataset) -> Dataset:
-    item = _item(relationship, "SCOORD", concept)
-    item.GraphicType = "POINT"
-    item.GraphicData = [float(column), float(row)]
-    item.ContentSequence = DicomSequence([image])
-    return item
+    return _item(relationship, "SCOORD", concept, GraphicType="POINT", GraphicData=[float(column), float(row)],
+                 ContentSequence=DicomSequence([image]))
 
 
 def _decimal_string(value: float) -> str:
