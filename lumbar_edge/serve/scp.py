@@ -135,9 +135,12 @@ class StorageSCP:
 
     def _on_rejected(self, event) -> None:
         assoc = event.assoc
-        reason = "calling AE title not allowed" if (
-            self.config.allow and assoc.requestor.ae_title not in self.config.allow) else (
-            f"more than {self.config.max_associations} associations at once")
+        primitive = getattr(assoc.acceptor, "primitive", None)
+        code = (getattr(primitive, "result_source", None), getattr(primitive, "diagnostic", None))
+        reasons = {(1, 3): "calling AE title not allowed",
+                   (1, 7): f"called AE title is not {self.config.ae_title}",
+                   (3, 2): f"more than {self.config.max_associations} associations at once"}
+        reason = reasons.get(code, f"source {code[0]}, reason {code[1]}")
         log.warning("association from %s (%s) rejected: %s", assoc.requestor.ae_title, assoc.requestor.address, reason)
 
     def _on_echo(self, event) -> int:

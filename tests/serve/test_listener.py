@@ -90,6 +90,7 @@ def test_only_allowed_calling_ae_titles_are_accepted(listener, caplog):
         proc = echoscu(server.port, called="SOMEONE_ELSE", calling="SCANNER")
         assert proc.returncode != 0 and "Called AE Title Not Recognized" in proc.stdout + proc.stderr
     assert "association from INTRUDER (127.0.0.1) rejected: calling AE title not allowed" in caplog.text
+    assert "association from SCANNER (127.0.0.1) rejected: called AE title is not LUMBAR_EDGE" in caplog.text
 
 
 def test_non_mr_objects_are_refused(listener, make_studies, tmp_path, caplog):
