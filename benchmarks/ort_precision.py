@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -54,20 +54,29 @@ def run(bundle_path: Path, batches: Sequence[int], study: Optional[Path], warmup
     precisions = [p for p in ("fp32", "int8", "fp16") if p in bundle.precisions]
     data, source = _inputs(bundle, study, max(batches))
     rows: List[dict] = []
-    for precision in precisions:
-        engine = OrtEngine(bundle.model_path(precision), precision=precision, threads=threads)
-        with engine:
-            for b in batches:
-                x = np.ascontiguousarray(data[:b])
+    engines = {p: OrtEngine(bundle.model_path(p), precision=p, threads=threads) for p in precisions}
+    try:
+        for engine in engines.values():
+            engine.activate()
+        for b in batches:
+            x = np.ascontiguousarray(data[:b])
+            for engine in engines.values():
                 for _ in range(warmup):
                     engine.infer(x)
-                times = []
-                for _ in range(iters):
+            # Interleaved, one run of each precision per round: on a shared machine both sides of
+            # the ratio then see the same background load.
+            times: Dict[str, List[float]] = {p: [] for p in precisions}
+            for _ in range(iters):
+                for p, engine in engines.items():
                     t0 = time.perf_counter()
                     engine.infer(x)
-                    times.append(time.perf_counter() - t0)
-                med = statistics.median(times)
-                rows.append({"precision": precision, "batch": b, "median_s": med, "slices_per_s": b / med})
+                    times[p].append(time.perf_counter() - t0)
+            for p in precisions:
+                med = statistics.median(times[p])
+                rows.append({"precision": p, "batch": b, "median_s": med, "slices_per_s": b / med})
+    finally:
+        for engine in engines.values():
+            engine.deactivate()
     base = {r["batch"]: r["slices_per_s"] for r in rows if r["precision"] == "fp32"}
     for r in rows:
         r["vs_fp32"] = r["slices_per_s"] / base[r["batch"]]
