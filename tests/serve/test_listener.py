@@ -120,8 +120,9 @@ def test_non_mr_objects_are_refused(listener, make_studies, tmp_path, caplog):
         assert assoc.send_c_store(lying).Status == 0xA900
         # ... and one without UIDs the listener can use: C000 (cannot understand).
         bad = pydicom.dcmread(next(sent["folder"].rglob("*.dcm")))
-        bad.StudyInstanceUID = "not/a/uid"
-        assert assoc.send_c_store(bad).Status == 0xC000
+        with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+            bad.StudyInstanceUID = "not/a/uid"
+            assert assoc.send_c_store(bad).Status == 0xC000
         assoc.release()
         time.sleep(1.0)
     assert not (tmp_path / "spool" / "studies" / sent["study_uid"]).exists()

@@ -25,7 +25,7 @@ STUDIES, CLIENTS, KILL_AFTER = 20, 4, 6
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("dcmtk")
-def test_soak_20_studies_from_4_clients_with_a_server_kill(make_studies, tiny_bundle, tmp_path):
+def test_soak_20_studies_from_4_clients_with_a_server_kill(make_studies, tiny_bundle, tmp_path, capsys):
     studies = make_studies(STUDIES)
     pacs = Pacs(tmp_path / "pacs").start()
     port, spool, out = free_port(), tmp_path / "spool", tmp_path / "out"
@@ -118,7 +118,8 @@ def test_soak_20_studies_from_4_clients_with_a_server_kill(make_studies, tiny_bu
     held = sum(1 for e in journal if e["event"] == "held")
     reprocessed = sum(1 for e in journal if e["event"] == "processing" and e["attempt"] > 1)
     rate = STUDIES / (elapsed / 60)
-    print(f"\nsoak: {STUDIES} studies from {CLIENTS} storescu clients, server SIGKILLed at {killed_at:.1f} s and "
-          f"restarted; all {STUDIES} result sets delivered in {elapsed:.1f} s = {rate:.1f} studies/min "
-          f"({sum(failed_sends.values())} sends repeated by clients, {held} studies held, {reprocessed} "
-          f"processing restarts, {receptions} objects received by the PACS, {redelivered} of them re-deliveries)")
+    with capsys.disabled():  # the figure is shown whatever pytest's capture mode
+        print(f"\nsoak: {STUDIES} studies from {CLIENTS} storescu clients, server SIGKILLed at {killed_at:.1f} s and "
+              f"restarted; all {STUDIES} result sets delivered in {elapsed:.1f} s = {rate:.1f} studies/min "
+              f"({sum(failed_sends.values())} sends repeated by clients, {held} studies held, {reprocessed} "
+              f"processing restarts, {receptions} objects received by the PACS, {redelivered} of them re-deliveries)")
