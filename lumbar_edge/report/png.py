@@ -52,6 +52,10 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
+#: |b| of each byte read as a signed int8: the cost the adaptive filter choice minimises.
+_SIGNED_MAGNITUDE = np.minimum(np.arange(256), 256 - np.arange(256)).astype(np.uint16)
+
+
 def _filtered_rows(pixels: np.ndarray) -> bytes:
     """The image data stream: each row prefixed by its filter type, filtered with the type (of
     the five) whose output has the smallest sum of absolute values as signed bytes.
@@ -61,7 +65,7 @@ def _filtered_rows(pixels: np.ndarray) -> bytes:
     """
     height, width = pixels.shape[:2]
     bpp = pixels.shape[2]
-    raw = pixels.reshape(height, width * bpp).astype(np.int16)
+    raw = pixels.reshape(height, width * bpp)
     left = np.zeros_like(raw)
     left[:, bpp:] = raw[:, :-bpp]
     up = np.zeros_like(raw)
@@ -69,14 +73,15 @@ def _filtered_rows(pixels: np.ndarray) -> bytes:
     upleft = np.zeros_like(raw)
     upleft[1:, bpp:] = raw[:-1, :-bpp]
     # Paeth predictor: whichever of left, up, upper-left is closest to left + up - upper-left,
-    # ties in that order.
-    p = left + up - upleft
-    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+    # ties in that order (computed in int16; the filtered bytes themselves wrap modulo 256 in uint8).
+    l16, u16, ul16 = left.astype(np.int16), up.astype(np.int16), upleft.astype(np.int16)
+    p = l16 + u16 - ul16
+    pa, pb, pc = np.abs(p - l16), np.abs(p - u16), np.abs(p - ul16)
     paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
-    candidates = np.stack([raw, raw - left, raw - up, raw - ((left + up) >> 1), raw - paeth]) & 0xFF
-    signed = np.where(candidates >= 128, 256 - candidates, candidates)
-    best = signed.sum(axis=2).argmin(axis=0)  # per row
-    chosen = candidates[best, np.arange(height)].astype(np.uint8)
+    average = ((l16 + u16) >> 1).astype(np.uint8)
+    candidates = np.stack([raw, raw - left, raw - up, raw - average, raw - paeth])
+    best = _SIGNED_MAGNITUDE[candidates].sum(axis=2, dtype=np.uint32).argmin(axis=0)  # per row
+    chosen = candidates[best, np.arange(height)]
     return np.concatenate([best.astype(np.uint8)[:, None], chosen], axis=1).tobytes()
 
 
@@ -93,9 +98,10 @@ def _as_pixels(image: np.ndarray) -> np.ndarray:
     return arr
 
 
-def encode_png(image: np.ndarray, text: Optional[Mapping[str, str]] = None, level: int = 6) -> bytes:
+def encode_png(image: np.ndarray, text: Optional[Mapping[str, str]] = None, level: int = 3) -> bytes:
     """The PNG file bytes of an 8-bit image: ``[H, W]`` grey, ``[H, W, 3]`` RGB or ``[H, W, 4]``
     RGBA. ``text`` adds ``tEXt`` chunks (Latin-1 keyword of 1-79 characters -> Latin-1 text).
+    ``level`` is zlib's: 3 makes overlays about 1% larger than 6 in a third of the time.
     Raises :class:`InputError` for another dtype or shape or a bad text entry."""
     pixels = _as_pixels(image)
     height, width, channels = pixels.shape

@@ -161,16 +161,17 @@ def _bundle(tmp_path, layout, models):
 
 def test_open_engine_on_a_bundle(tmp_path):
     layout = HeadLayout(views=("sagittal_t2",))  # K = 5, one condition
-    wts = build_model(tmp_path / "model.onnx", k=5, groups=1)
-    build_model(tmp_path / "model.int8.onnx", k=5, groups=1, seed=3)
-    bundle = _bundle(tmp_path, layout, [("int8", "model.int8.onnx"), ("fp32", "model.onnx")])
+    build_model(tmp_path / "model.onnx", k=5, groups=1)
+    wts = build_model(tmp_path / "model.int8.onnx", k=5, groups=1, seed=3)
+    bundle = _bundle(tmp_path, layout, [("fp32", "model.onnx"), ("int8", "model.int8.onnx")])
+    # INT8 is preferred on the CPU when the bundle has it, whatever the manifest's order.
     engine = open_engine(bundle, threads=1)
     assert isinstance(engine, OrtEngine) and not engine.is_active
-    assert engine.precision == "fp32" and engine.model_path.name == "model.onnx" and engine.threads == 1
+    assert engine.precision == "int8" and engine.model_path.name == "model.int8.onnx" and engine.threads == 1
     with engine:
         x = images(2)
         np.testing.assert_allclose(engine.infer(x)["heatmap"], reference(x, wts)["heatmap"], rtol=1e-4, atol=1e-4)
-    assert open_engine(bundle, "onnxruntime", "int8").model_path.name == "model.int8.onnx"
+    assert open_engine(bundle, "onnxruntime", "fp32").model_path.name == "model.onnx"
     with pytest.raises(BundleError, match="no fp16 model"):
         open_engine(bundle, precision="fp16")
 
