@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -294,19 +296,31 @@ def overlay_images(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndar
 
 def write_overlays(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndarray], out_dir: Union[str, Path],
                    heatmaps: Optional[Mapping[Tuple[str, str], object]] = None, *,
-                   min_size: int = DEFAULT_MIN_SIZE, stride: int = 4) -> List[Path]:
+                   min_size: int = DEFAULT_MIN_SIZE, stride: int = 4, workers: Optional[int] = None) -> List[Path]:
     """Write one PNG overlay per source slice of ``result``'s keypoints into ``out_dir``
     (created; each file written atomically); returns the paths, in :func:`overlay_images`'
-    order (see there for ``slices`` and ``heatmaps``). Raises :class:`InputError` for unusable
-    pixels, ``OSError`` when a file cannot be written.
+    order (see there for ``slices`` and ``heatmaps``). ``workers`` threads encode and write the
+    PNGs while the next overlay is drawn (default: the CPU count, at most 4; 1 encodes inline).
+    Raises :class:`InputError` for unusable pixels, ``OSError`` when a file cannot be written.
     """
     out = Path(out_dir)
-    paths = []
-    for ov in overlay_images(result, slices, heatmaps, min_size=min_size, stride=stride):
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
+
+    def write(ov: OverlayImage) -> Path:
         path = out / overlay_name(result.study_id, ov.label, ov.keypoint.instance_number)
-        paths.append(write_png(path, ov.image, text={"Title": ov.title, "Software": "lumbar-edge",
-                                                     "Disclaimer": NOT_FOR_CLINICAL_USE}))
-    return paths
+        return write_png(path, ov.image, text={"Title": ov.title, "Software": "lumbar-edge",
+                                               "Disclaimer": NOT_FOR_CLINICAL_USE})
+
+    if workers == 1:
+        return [write(ov) for ov in overlay_images(result, slices, heatmaps, min_size=min_size, stride=stride)]
+    # Encoding is most of the cost (filtering in numpy, zlib), and both release the GIL, so the
+    # PNGs of one study are encoded in parallel while drawing, which holds the GIL, goes on.
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lumbar-edge-png") as pool:
+        futures = [pool.submit(write, ov)
+                   for ov in overlay_images(result, slices, heatmaps, min_size=min_size, stride=stride)]
+        return [f.result() for f in futures]
 
 
 __all__ = ["render_overlay", "write_overlays", "overlay_images", "OverlayImage", "finding_label", "overlay_name", "heatmap_on_display",

@@ -81,6 +81,26 @@ def test_one_png_per_source_slice_with_names_sizes_and_severity_colours(tmp_path
     assert all(p.parent == tmp_path / "overlays" for p in paths)
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_parallel_encoding_writes_the_same_files_in_the_same_order(tmp_path, workers):
+    result, slices = study()
+    inline = write_overlays(result, slices, tmp_path / "inline", min_size=256, workers=1)
+    threaded = write_overlays(result, slices, tmp_path / "threaded", min_size=256, workers=workers)
+    assert [p.name for p in threaded] == [p.name for p in inline]
+    assert [p.read_bytes() for p in threaded] == [p.read_bytes() for p in inline]
+    assert sorted(p.name for p in (tmp_path / "threaded").iterdir()) == sorted(p.name for p in inline)
+
+
+def test_a_failed_write_is_raised_not_lost(tmp_path):
+    result, slices = study()
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where the folder should go")
+    with pytest.raises(OSError):
+        write_overlays(result, slices, blocker, min_size=256, workers=2)
+    with pytest.raises(InputError, match="workers"):
+        write_overlays(result, slices, tmp_path / "x", workers=0)
+
+
 def test_severity_colours_are_green_orange_red():
     g, o, r = SEVERITY_COLOURS
     assert g[1] > max(g[0], g[2]) and o[0] > o[1] > o[2] and r[0] > 3 * max(r[1], r[2])

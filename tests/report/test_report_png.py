@@ -18,11 +18,12 @@ def _smooth_and_noisy(h, w, channels, seed=0):
     return img
 
 
+@pytest.mark.parametrize("row_filter", png.PNG_FILTERS)
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (23, 37), (40, 33, 3), (17, 5, 4), (1, 1, 3)])
-def test_round_trip_through_an_independent_decoder(png_reader, shape):
+def test_round_trip_through_an_independent_decoder(png_reader, shape, row_filter):
     rng = np.random.default_rng(sum(shape))
     image = rng.integers(0, 256, shape, dtype=np.uint8)
-    decoded, info = png_reader(png.encode_png(image))
+    decoded, info = png_reader(png.encode_png(image, row_filter=row_filter))
     assert decoded.shape == image.shape and decoded.dtype == np.uint8
     np.testing.assert_array_equal(decoded, image)
     assert info["color_type"] == {1: 0, 3: 2, 4: 6}[1 if image.ndim == 2 else image.shape[2]]
@@ -33,16 +34,31 @@ def test_all_filter_types_are_used_and_undone_exactly(png_reader, channels):
     image = _smooth_and_noisy(64, 48, channels, seed=channels)
     if channels == 1:
         image = image[:, :, 0]
-    decoded, info = png_reader(png.encode_png(image))
+    decoded, info = png_reader(png.encode_png(image, row_filter="adaptive"))
     np.testing.assert_array_equal(decoded, image)
     # The per-row choice must really vary, or the test would not exercise the Sub/Up/Average/Paeth code.
     assert len(set(info["filters"])) >= 3, info["filters"]
 
 
-def test_filtering_compresses_smooth_images():
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_the_default_sub_filter_is_undone_exactly(png_reader, channels):
+    image = _smooth_and_noisy(37, 29, channels, seed=10 + channels)
+    decoded, info = png_reader(png.encode_png(image[:, :, 0] if channels == 1 else image))
+    np.testing.assert_array_equal(decoded, image[:, :, 0] if channels == 1 else image)
+    assert set(info["filters"]) == {1}
+
+
+@pytest.mark.parametrize("row_filter", png.PNG_FILTERS)
+def test_filtering_compresses_smooth_images(row_filter):
     yy, xx = np.mgrid[0:256, 0:256]
     ramp = ((xx + yy) % 256).astype(np.uint8)
-    assert len(png.encode_png(ramp)) < 2000  # unfiltered zlib of this diagonal ramp is several times larger
+    # unfiltered zlib of this diagonal ramp is several times larger
+    assert len(png.encode_png(ramp, row_filter=row_filter)) < 2000
+
+
+def test_an_unknown_filter_is_refused():
+    with pytest.raises(InputError, match="unknown PNG filter"):
+        png.encode_png(np.zeros((2, 2), np.uint8), row_filter="paeth")
 
 
 def test_text_chunks_and_write_png_is_atomic(tmp_path, png_reader):
