@@ -7,10 +7,12 @@ output folder inside it is refused. One bad study is reported and skipped, never
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -75,7 +77,8 @@ def run_infer(path: Path, model: Path, out: Path, *, backend: str = "auto", prec
     """Run every study under ``path`` through the bundle ``model``; write results into ``out``.
 
     ``prefetch``: studies decoded and preprocessed ahead in a background thread while the engine
-    runs (:meth:`Pipeline.run`); 0 runs the stages one after another.
+    runs (:meth:`Pipeline.run`), and each study's reports written in another while the engine
+    runs the next; 0 runs the stages one after another.
 
     Raises :class:`InputError` for a missing input, an output folder inside the input, or an
     unusable bundle/backend; per-study problems are collected in the summary instead.
@@ -100,26 +103,49 @@ def run_infer(path: Path, model: Path, out: Path, *, backend: str = "auto", prec
     summary = InferSummary(out=out, backend=pipeline.description, skipped_files=len(scan.skipped))
     results = []
     per_study: Dict[str, dict] = {}
-    with pipeline, Progress(len(scan.studies), "inferring studies", enabled=progress) as bar:
-        for study, result in pipeline.run(scan.studies, prefetch=prefetch):
-            bar.update()
-            sid = str(study.study_id)
-            if isinstance(result, LumbarEdgeError):
-                summary.failed[sid] = str(result)
-                per_study[sid] = {"ok": False, "error": str(result)}
-                log.warning("study %s failed: %s", sid, result)
-                continue
-            try:
-                report, pngs = write_study_outputs(result, out, overlays=overlays, heatmaps=heatmaps)
-                summary.reports.append(report)
-                summary.overlays.extend(pngs)
-            except (OSError, LumbarEdgeError) as exc:
-                summary.failed[sid] = f"writing its outputs failed: {exc}"
-                per_study[sid] = {"ok": False, "error": summary.failed[sid]}
-                continue
-            results.append(result)
-            summary.succeeded.append(sid)
-            per_study[sid] = {"ok": True, "warnings": result.warnings, "timings_s": result.timings}
+
+    def written(sid: str, result, job) -> None:
+        """Record a study whose outputs ``job()`` writes (now or, overlapped, in the writer)."""
+        try:
+            report, pngs = job()
+        except (OSError, LumbarEdgeError) as exc:
+            summary.failed[sid] = f"writing its outputs failed: {exc}"
+            per_study[sid] = {"ok": False, "error": summary.failed[sid]}
+            return
+        summary.reports.append(report)
+        summary.overlays.extend(pngs)
+        results.append(result)
+        summary.succeeded.append(sid)
+        per_study[sid] = {"ok": True, "warnings": result.warnings, "timings_s": result.timings}
+
+    # Overlapped, one writer thread writes a study's reports and overlays while the engine runs
+    # the next study; at most one study waits for it, so memory stays bounded and the order of
+    # the summary is the order of the studies.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumbar-edge-writer") if prefetch > 0 else None
+    waiting = None
+    try:
+        with pipeline, Progress(len(scan.studies), "inferring studies", enabled=progress) as bar:
+            for study, result in pipeline.run(scan.studies, prefetch=prefetch):
+                bar.update()
+                sid = str(study.study_id)
+                if isinstance(result, LumbarEdgeError):
+                    summary.failed[sid] = str(result)
+                    per_study[sid] = {"ok": False, "error": str(result)}
+                    log.warning("study %s failed: %s", sid, result)
+                    continue
+                job = functools.partial(write_study_outputs, result, out, overlays=overlays, heatmaps=heatmaps)
+                if writer is None:
+                    written(sid, result, job)
+                    continue
+                if waiting is not None:
+                    written(waiting[0], waiting[1], waiting[2].result)
+                waiting = (sid, result, writer.submit(job))
+            if waiting is not None:
+                written(waiting[0], waiting[1], waiting[2].result)
+                waiting = None
+    finally:
+        if writer is not None:
+            writer.shutdown(wait=True)
     if results:
         summary.csv_path = out / "submission.csv"
         write_submission_csv(results, summary.csv_path)

@@ -165,3 +165,49 @@ def test_overlapped_run_gives_the_sequential_results_in_order_and_survives_a_bad
     assert runs[1][2][1].study_id == scan.studies[1].study_id
     with pytest.raises(InputError, match="prefetch"):
         list(Pipeline.load(tiny_bundle, backend="onnxruntime").run(studies, prefetch=-1))
+
+
+def _outputs(out: Path) -> dict:
+    """Every output file's content, with the run-dependent parts (timings) removed."""
+    got = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.name != "summary.json"):
+        data = path.read_bytes()
+        if path.suffix == ".json":
+            doc = json.loads(data)
+            doc.pop("timings_s", None)
+            data = json.dumps(doc, sort_keys=True).encode()
+        got[str(path.relative_to(out))] = data
+    return got
+
+
+def test_infer_overlapped_writes_what_the_sequential_run_writes_and_a_failed_write_loses_one_study(
+        tiny_rsna, tiny_bundle, tmp_path):
+    from lumbar_edge.infer import run_infer
+
+    _, val_dir = tiny_rsna
+    root = tmp_path / "in"
+    shutil.copytree(val_dir / "train_images", root)
+    _coronal_only_study(_one_study(val_dir), root / "bad_study")
+    runs = {}
+    for prefetch in (0, 1):
+        out = tmp_path / f"out{prefetch}"
+        summary = run_infer(root, tiny_bundle, out, backend="onnxruntime", progress=False, prefetch=prefetch,
+                            echo=lambda *_: None)
+        runs[prefetch] = summary
+        assert len(summary.succeeded) == 2 and len(summary.failed) == 1
+    assert runs[1].succeeded == runs[0].succeeded and set(runs[1].failed) == set(runs[0].failed)
+    assert [p.name for p in runs[1].overlays] == [p.name for p in runs[0].overlays]
+    assert _outputs(tmp_path / "out1") == _outputs(tmp_path / "out0")
+
+    # A study whose report cannot be written (a folder where the file goes) fails alone, in the
+    # writer thread as inline, and nothing half-written is left.
+    first = runs[0].succeeded[0]
+    for prefetch in (0, 1):
+        out = tmp_path / f"blocked{prefetch}"
+        (out / f"{first}.json").mkdir(parents=True)
+        summary = run_infer(root, tiny_bundle, out, backend="onnxruntime", progress=False, prefetch=prefetch,
+                            echo=lambda *_: None)
+        assert "writing its outputs failed" in summary.failed[first], prefetch
+        assert summary.succeeded == [s for s in runs[0].succeeded if s != first]
+        assert not list(out.rglob("*.tmp"))
+        assert len((out / "submission.csv").read_text().splitlines()) == 1 + 25
