@@ -4,7 +4,7 @@
 #      and the TensorRT lean runtime's pure-Python tensorrt_lean/ folder beside them;
 #   2. pytest -m gpu: the decode kernel against the numpy reference (random and adversarial inputs,
 #      FP32 and FP16), the torch CUDA backend end to end on a synthetic study, the lean runtime's
-#      initialisation (plus the CPU-side TensorRT checks of the same files);
+#      initialisation, training steps with AMP (plus the CPU-side TensorRT checks of the same files);
 #   3. the decode benchmark (kernel vs PyTorch tensor ops vs host copy + numpy, batch 1 and 16) and
 #      the backend benchmark (torch CUDA FP16 + CUDA graphs vs eager FP32 PyTorch, batch 1);
 #   4. on a benchmark bundle (benchmarks/make_bundle.py: the default network, random weights, FP32 +
@@ -51,11 +51,11 @@ for name in ("torch", "pycuda.driver", "tensorrt_lean", "tensorrt", "pydicom", "
         print(f"  {name}: not importable ({type(exc).__name__}: {exc})")
 PY
 
-TESTS="tests/kernels tests/export/test_gpu_backends.py tests/export/test_tensorrt_build.py tests/backends/test_backend_tensorrt.py"
+TESTS="tests/kernels tests/export/test_gpu_backends.py tests/export/test_tensorrt_build.py tests/backends/test_backend_tensorrt.py tests/training/test_train_gpu.py"
 # shellcheck disable=SC2086
 BUDGET=570  # seconds for the whole suite; each later step gets what is left (at least 30 s)
 left() { local l=$((BUDGET - SECONDS)); [ "$l" -lt 30 ] && l=30; echo "$1 $l" | awk '{print ($1 < $2) ? $1 : $2}'; }
-timeout "$(left 300)" python3 -P -m pytest -q -rs -p no:cacheprovider -m gpu $TESTS --junitxml="$RESULTS/gpu_tests.xml" 2>&1 \
+timeout "$(left 300)" python3 -P -m pytest -q -rsP -p no:cacheprovider -m gpu $TESTS --junitxml="$RESULTS/gpu_tests.xml" 2>&1 \
   | tee "$RESULTS/gpu_tests.log"
 PYTEST_RC=${PIPESTATUS[0]}
 # shellcheck disable=SC2086

@@ -156,8 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     doc = {"benchmark": "scaling", "bundle": str(args.model), "backend": args.backend, "precision": precision,
            "overlays": not args.no_overlays,
            "machine": machine_info(), "slices": slices, "roots": roots,
-           "overlap": "Pipeline.run(prefetch=1): the next study's scan, pixel decode and preprocessing in a "
-                      "background thread while the engine runs the current one"}
+           "overlap": "infer with prefetch=1: the next study's scan, pixel decode and preprocessing in one "
+                      "background thread and the previous study's reports in another while the engine runs "
+                      "the current one"}
     print(format_result(doc))
     write_json(args.json, doc)
     return 0
