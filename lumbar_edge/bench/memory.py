@@ -29,7 +29,7 @@ def host_peak() -> Tuple[int, str]:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024, "VmHWM (peak resident set of this row)"
     except (OSError, ValueError, IndexError):
-        pass
+        pass  # no /proc (macOS) or an unexpected format: ru_maxrss below is the fallback
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in KiB on Linux and in bytes on macOS.
     return (rss if sys.platform == "darwin" else rss * 1024), "ru_maxrss (peak over the process lifetime)"
