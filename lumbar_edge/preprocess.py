@@ -82,18 +82,56 @@ class Letterbox:
                 (np.asarray(y, dtype=np.float64) - self.pad_y + 0.5) / self.scale_y - 0.5)
 
 
+#: Integer-valued data spanning at most this many values gets its percentiles from a histogram.
+_MAX_HISTOGRAM_SPAN = 1 << 20
+
+
+def _integer_percentiles(values: np.ndarray, pcts: Sequence[float]) -> "np.ndarray | None":
+    """``np.percentile(values, pcts)`` (linear method, same float64 results) for float32 data
+    that holds only whole numbers within :data:`_MAX_HISTOGRAM_SPAN`; None for any other data.
+
+    DICOM pixels are stored integers, so this is the common case. A histogram (``bincount``)
+    finds the order statistics in two passes over the data, where ``np.partition`` needs
+    several and is slowest on the many repeated values MR images have (~0.5 ms against 3.4 ms
+    for a stack of three 288x288 slices). The interpolation then repeats numpy's own arithmetic:
+    ``b - a`` in the data's dtype, the fraction of ``(n - 1) * q`` in float64, and ``a + d * t``
+    below one half, ``b - d * (1 - t)`` from one half.
+    """
+    flat = values.reshape(-1)
+    vmin, vmax = float(flat.min()), float(flat.max())
+    if vmax - vmin > _MAX_HISTOGRAM_SPAN or vmin != np.floor(vmin):
+        return None
+    shifted = flat - np.float32(vmin)
+    ints = shifted.astype(np.int32)
+    if not np.array_equal(ints, shifted):
+        return None
+    cumulative = np.cumsum(np.bincount(ints))
+    n = flat.size
+    virtual = (n - 1) * (np.asarray(pcts, dtype=np.float64) / 100.0)
+    below = np.floor(virtual).astype(np.int64)
+    above = np.minimum(below + 1, n - 1)
+    # Order statistic k (0-based) is the first value whose cumulative count exceeds k.
+    a = np.searchsorted(cumulative, below, side="right").astype(np.float32) + np.float32(vmin)
+    b = np.searchsorted(cumulative, above, side="right").astype(np.float32) + np.float32(vmin)
+    gamma = virtual - below
+    diff = b - a
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+
+
 def window(stack: np.ndarray, low_pct: float, high_pct: float) -> np.ndarray:
     """Clip ``stack`` to its ``low_pct``/``high_pct`` percentiles and scale to [0, 1] (float32).
 
     A constant stack becomes all zeros rather than dividing by zero. Non-finite values are
-    ignored when computing the percentiles and set to 0 afterwards.
+    ignored when computing the percentiles and set to 0 afterwards. The percentiles are
+    ``np.percentile``'s (linear method) whichever way they are computed.
     """
     data = np.asarray(stack, dtype=np.float32)
     finite = np.isfinite(data)
     if not finite.any():
         return np.zeros_like(data)
     values = data[finite] if not finite.all() else data
-    lo, hi = np.percentile(values, [low_pct, high_pct])
+    fast = _integer_percentiles(values, (low_pct, high_pct))
+    lo, hi = fast if fast is not None else np.percentile(values, [low_pct, high_pct])
     if hi <= lo:
         return np.zeros_like(data)
     out = (np.clip(data, lo, hi) - lo) / (hi - lo)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from lumbar_edge.errors import InputError
-from lumbar_edge.preprocess import (PreprocessConfig, channel_indices, letterbox, preprocess_batch,
-                                    preprocess_stack, resize_bilinear, window)
+from lumbar_edge.preprocess import (PreprocessConfig, _integer_percentiles, channel_indices, letterbox,
+                                    preprocess_batch, preprocess_stack, resize_bilinear, window)
 
 
 def test_window_clips_to_percentiles_and_scales_to_unit_range():
@@ -23,6 +23,39 @@ def test_window_of_constant_or_nonfinite_input_is_zero_not_nan():
     out = window(data, 0.0, 100.0)
     assert np.isfinite(out).all()
     assert out[0, 0] == 0.0 and out[1, 1] == 0.0 and out[1, 0] == 1.0
+
+
+def _integer_samples():
+    rng = np.random.default_rng(7)
+    yield "12-bit uniform", rng.integers(0, 4096, (3, 64, 80))
+    yield "MR-like with many repeats", np.round(rng.gamma(2.0, 300.0, (3, 96, 96)))
+    yield "negative values (CT-like)", rng.integers(-1024, 3000, (2, 50, 70))
+    yield "three values only", rng.integers(0, 3, (5, 40)) * 1000 - 1024
+    yield "constant", np.full((3, 8, 8), -7)
+    yield "one value", np.array([42])
+    yield "two values", np.array([0, 1])
+    for n in (3, 199, 200, 201, 1001):  # the virtual index falls on and between samples
+        yield f"{n} samples", rng.integers(-50, 50, n)
+
+
+@pytest.mark.parametrize("pcts", [(0.5, 99.5), (0.0, 100.0), (1.0, 99.0), (37.3, 62.9), (50.0, 50.0)])
+def test_histogram_percentiles_are_numpys_to_the_bit(pcts):
+    for name, data in _integer_samples():
+        values = np.asarray(data, dtype=np.float32)
+        got = _integer_percentiles(values, pcts)
+        want = np.percentile(values, pcts)
+        assert got is not None, name
+        assert got.dtype == want.dtype and np.array_equal(got, want), (name, got, want)
+
+
+def test_histogram_percentiles_decline_data_they_cannot_count():
+    assert _integer_percentiles(np.array([0.5, 1.0, 2.0], np.float32), (1, 99)) is None  # not whole numbers
+    assert _integer_percentiles(np.array([0.0, 3e7], np.float32), (1, 99)) is None  # span too wide to count
+    # ...and the window is still numpy's percentile window for them.
+    data = np.linspace(-3.3, 7.1, 500, dtype=np.float32).reshape(20, 25)
+    lo, hi = np.percentile(data, [2.0, 98.0])
+    np.testing.assert_array_equal(window(data, 2.0, 98.0),
+                                  ((np.clip(data, lo, hi) - lo) / (hi - lo)).astype(np.float32))
 
 
 def test_resize_preserves_a_linear_ramp():
