@@ -139,8 +139,9 @@ def window(stack: np.ndarray, low_pct: float, high_pct: float) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def _bilinear_taps(src: int, dst: int, scale: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices and weights for a 1-D bilinear resample with pixel centres aligned."""
+def bilinear_taps(src: int, dst: int, scale: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices ``i0``, ``i1`` and weights ``w1`` of a 1-D bilinear resample from ``src`` to ``dst``
+    samples with pixel centres aligned (``out[j] = in[i0] * (1 - w1) + in[i1] * w1``)."""
     pos = (np.arange(dst, dtype=np.float64) + 0.5) / scale - 0.5
     pos = np.clip(pos, 0.0, src - 1)
     i0 = np.floor(pos).astype(np.int64)
@@ -165,9 +166,9 @@ def resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
         hh, ww = (h // factor) * factor, (w // factor) * factor
         img = img[..., :hh, :ww].reshape(img.shape[:-2] + (hh // factor, factor, ww // factor, factor)).mean(axis=(-3, -1))
         scale_y, scale_x = scale_y * factor, scale_x * factor
-    r0, r1, rw = _bilinear_taps(img.shape[-2], out_h, scale_y)
+    r0, r1, rw = bilinear_taps(img.shape[-2], out_h, scale_y)
     rows = img[..., r0, :] * (1.0 - rw)[:, None] + img[..., r1, :] * rw[:, None]
-    c0, c1, cw = _bilinear_taps(img.shape[-1], out_w, scale_x)
+    c0, c1, cw = bilinear_taps(img.shape[-1], out_w, scale_x)
     return (rows[..., c0] * (1.0 - cw) + rows[..., c1] * cw).astype(np.float32, copy=False)
 
 

@@ -6,10 +6,10 @@ import pytest
 
 from lumbar_edge.errors import InputError
 from lumbar_edge.labels import CONDITIONS, LEVELS
-from lumbar_edge.preprocess import letterbox
+from lumbar_edge.preprocess import letterbox, resize_bilinear
 from lumbar_edge.report import render_overlay, write_overlays
 from lumbar_edge.report.overlay import (DISCLAIMER, SEVERITY_COLOURS, display_factor, finding_label,
-                                        heatmap_on_display)
+                                        heatmap_on_display, upscale_gray)
 from lumbar_edge.report.png import text_bitmap, text_size
 from lumbar_edge.results import Finding, Keypoint, StudyResult
 
@@ -140,6 +140,25 @@ def test_label_text_is_drawn_in_the_severity_colour_beside_its_point():
 def test_small_images_are_upscaled_and_large_ones_kept():
     assert render_overlay(phantom(64, 48), []).shape == (768, 576, 3)
     assert render_overlay(phantom(1000, 900), []).shape == (1000, 900, 3)
+
+
+@pytest.mark.parametrize("shape,factor", [((288, 288), 3), ((61, 97), 2), ((192, 160), 4), ((5, 3), 7), ((1, 4), 2)])
+def test_display_upscale_is_the_preprocessing_interpolation(shape, factor):
+    # Columns-then-rows must give resize_bilinear's picture (rows then columns) up to float
+    # rounding: a grey level apart at most, and that only where a value sits on a .5 boundary.
+    gray = np.random.default_rng(factor).integers(0, 256, shape).astype(np.uint8)
+    want = np.round(np.clip(resize_bilinear(gray.astype(np.float32), shape[0] * factor, shape[1] * factor), 0, 255))
+    got = upscale_gray(gray, factor)
+    assert got.shape == want.shape and got.dtype == np.uint8
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+    assert np.array_equal(upscale_gray(gray, 1), gray)
+    flat = np.full(shape, 200, np.uint8)  # a flat image stays flat: no ringing, no overflow
+    assert (upscale_gray(flat, factor) == 200).all()
+    with pytest.raises(InputError):
+        upscale_gray(gray, 0)
+    with pytest.raises(InputError):
+        upscale_gray(gray.astype(np.float32), 2)
 
 
 def test_a_missing_slice_is_skipped_with_a_warning_and_priors_have_no_overlay(tmp_path, caplog):
