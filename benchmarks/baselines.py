@@ -157,9 +157,9 @@ def baseline_engine(key: str, bundle) -> Engine:
 
         layout = bundle.layout
         # What a user writes: the FP32 model in a session with ONNX Runtime's defaults (all graph
-        # optimisations; intra-op threads = physical cores, which is what OrtEngine sets too).
+        # optimisations, spinning threads; intra-op threads = physical cores, as OrtEngine sets).
         return OrtEngine(bundle.model_path("fp32"), precision="fp32", num_keypoints=layout.num_keypoints,
-                         num_conditions=layout.num_conditions)
+                         num_conditions=layout.num_conditions, ort_defaults=True)
     return EagerTorchEngine(bundle, precision)
 
 

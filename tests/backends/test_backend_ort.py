@@ -93,6 +93,26 @@ def test_defaults_threads_providers_and_description(model):
     assert engine.active_providers == [] and not engine.is_active
 
 
+def test_threads_do_not_spin_unless_ort_defaults_are_asked_for(model):
+    # The runtime's session turns ORT's busy-waiting off (other pipeline threads need the CPU);
+    # the benchmarks' baseline (c) asks for ONNX Runtime's own defaults and keeps it on.
+    path, wts = model
+    x = images(3)
+    outputs = {}
+    for defaults in (False, True):
+        with OrtEngine(path, ort_defaults=defaults) as engine:
+            options = engine._session.get_session_options()
+            if defaults:
+                with pytest.raises(RuntimeError):  # ORT: no such entry, i.e. its default (spinning)
+                    options.get_session_config_entry("session.intra_op.allow_spinning")
+            else:
+                assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+            assert engine.describe()["ort_defaults"] is defaults
+            outputs[defaults] = engine.infer(x)
+    for name in outputs[False]:
+        np.testing.assert_allclose(outputs[False][name], outputs[True][name], rtol=1e-5, atol=1e-5)
+
+
 def test_fixed_batch_and_wrong_sizes_are_input_errors(tmp_path):
     path = tmp_path / "fixed.onnx"
     build_model(path, batch=2)

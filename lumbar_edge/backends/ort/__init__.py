@@ -27,6 +27,12 @@ PREFERRED_PRECISIONS: Tuple[str, ...] = ("int8", "fp32", "fp16")
 #: float and INT8 was ~1.2x FP32 instead of ~2.5x. FP32 models run at the same speed without it.
 DISABLED_OPTIMIZERS = ("CommonSubexpressionElimination",)
 
+#: ORT's intra-op threads busy-wait for work between operators by default. lumbar-edge runs other
+#: threads beside the engine (the next study's decoding, the previous study's reports), and the
+#: spinning took their CPU: `infer` over 50 synthetic studies on 2 cores took 52.0-52.9 s without
+#: spinning against 56.1-57.3 s with it (INT8, alternated runs); one study alone ran the same.
+SESSION_CONFIG = (("session.intra_op.allow_spinning", "0"),)
+
 
 def _cpu_count() -> int:
     """CPUs this process may run on (the affinity mask in containers), at least 1."""
@@ -59,7 +65,9 @@ class OrtEngine(Engine):
 
     ``threads``: intra-op threads (default: the CPUs this process may use). ``providers``:
     execution providers in priority order (default ``["CPUExecutionProvider"]``); each must be
-    available in the installed onnxruntime. Graph optimisations are all on. Input and output
+    available in the installed onnxruntime. Graph optimisations are all on except
+    :data:`DISABLED_OPTIMIZERS`, and :data:`SESSION_CONFIG` applies; ``ort_defaults=True`` keeps
+    ONNX Runtime's own session defaults instead (the benchmarks' baseline (c)). Input and output
     names and shapes are read from the model on :meth:`activate`; the model must have one float
     input ``[N, C, H, W]`` and float outputs named ``heatmap``, ``offset`` and ``severity``.
     """
@@ -71,7 +79,8 @@ class OrtEngine(Engine):
 
     def __init__(self, model_path: Union[str, Path], *, threads: Optional[int] = None,
                  providers: Optional[Sequence[str]] = None, max_batch: int = 64, precision: str = "fp32",
-                 num_keypoints: Optional[int] = None, num_conditions: Optional[int] = None):
+                 num_keypoints: Optional[int] = None, num_conditions: Optional[int] = None,
+                 ort_defaults: bool = False):
         super().__init__(precision=precision, max_batch=max_batch, num_keypoints=num_keypoints,
                          num_conditions=num_conditions)
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -81,6 +90,7 @@ class OrtEngine(Engine):
         self.model_path = Path(model_path)
         self.threads = threads if threads is not None else _cpu_count()
         self.providers: List[str] = list(providers) if providers is not None else ["CPUExecutionProvider"]
+        self.ort_defaults = bool(ort_defaults)
         self.input_name: Optional[str] = None
         self._session = None
         self._errors: Tuple[type, ...] = ()
@@ -120,9 +130,13 @@ class OrtEngine(Engine):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only: ORT's warnings are not actionable for users
+        if not self.ort_defaults:
+            for key, value in SESSION_CONFIG:
+                options.add_session_config_entry(key, value)
+        disabled = [] if self.ort_defaults else list(DISABLED_OPTIMIZERS)
         try:
             session = ort.InferenceSession(str(self.model_path), options, providers=self.providers,
-                                           disabled_optimizers=list(DISABLED_OPTIMIZERS))
+                                           disabled_optimizers=disabled)
         except self._errors as exc:
             raise EngineError(f"onnxruntime cannot load {self.model_path.name}: {_first_line(exc)}") from exc
         inputs = session.get_inputs()
@@ -168,7 +182,8 @@ class OrtEngine(Engine):
     def describe(self) -> Dict[str, object]:
         """Settings for logs and benchmark records."""
         return {"backend": self.name, "precision": self.precision, "model": str(self.model_path),
-                "threads": self.threads, "providers": self.active_providers or self.providers,
+                "threads": self.threads, "ort_defaults": self.ort_defaults,
+                "providers": self.active_providers or self.providers,
                 "max_batch": self.max_batch, "input_shape": list(self.input_shape)}
 
 
