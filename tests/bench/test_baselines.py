@@ -42,3 +42,21 @@ def test_end_to_end_document_lists_every_contender_and_ratio(tiny_bundle, one_st
         assert (r["value"] is None) == bool(r["na"])
     text = format_result(doc)
     assert "baseline (c) is read as" in text and "(c) naive ONNX Runtime FP32 / lumbar-edge cpu fp32" in text
+
+
+def test_root_scaling_times_both_modes_and_bounds_the_overlap_by_cpu_time(tiny_bundle, tiny_rsna, tmp_path):
+    from lumbar_edge.benchmarks.scaling import format_result, root_scaling
+
+    _, val_dir = tiny_rsna
+    rows = root_scaling(tiny_bundle, val_dir / "train_images", [1, 2], "onnxruntime", "fp32", tmp_path, overlays=False)
+    assert [r["studies"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["sequential_s"] > 0 and r["overlapped_s"] > 0 and r["sequential_cpu_s"] > 0
+        assert r["overlap_speedup"] == pytest.approx(r["sequential_s"] / r["overlapped_s"])
+        # CPU time over wall time is how many cores were busy: between none and all of them
+        # (a little over, for the clocks' granularity), and the ceiling is its inverse times cores.
+        assert 0 < r["sequential_cores_busy"] <= r["cores"] * 1.1
+        assert r["overlap_ceiling_cpu"] == pytest.approx(r["cores"] / r["sequential_cores_busy"])
+    doc = {"backend": "onnxruntime", "precision": "fp32", "overlays": False, "slices": [], "roots": rows,
+           "machine": {"processor": "x86_64", "cpus": rows[0]["cores"], "gpu": None}}
+    assert "no overlap can beat" in format_result(doc)
