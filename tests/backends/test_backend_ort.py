@@ -96,7 +96,7 @@ def test_defaults_threads_providers_and_description(model):
 def test_threads_do_not_spin_unless_ort_defaults_are_asked_for(model):
     # The runtime's session turns ORT's busy-waiting off (other pipeline threads need the CPU);
     # the benchmarks' baseline (c) asks for ONNX Runtime's own defaults and keeps it on.
-    path, wts = model
+    path, _ = model
     x = images(3)
     outputs = {}
     for defaults in (False, True):
