@@ -60,3 +60,14 @@ def test_root_scaling_times_both_modes_and_bounds_the_overlap_by_cpu_time(tiny_b
     doc = {"backend": "onnxruntime", "precision": "fp32", "overlays": False, "slices": [], "roots": rows,
            "machine": {"processor": "x86_64", "cpus": rows[0]["cores"], "gpu": None}}
     assert "no overlap can beat" in format_result(doc)
+    # RESULTS.md (what gpu_suite.sh pastes) carries the same rows, with how busy the host was.
+    import json
+
+    from lumbar_edge.benchmarks.results_md import render
+
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "scaling.json").write_text(json.dumps(dict(doc, slices=[])))
+    md = render(folder)
+    assert "host cores busy, sequential" in md
+    assert f"| 2 | {rows[1]['sequential_studies_per_s']:.3f} |" in md and f"of {rows[1]['cores']} |" in md
