@@ -121,6 +121,34 @@ def axial_findings(series, peaks_by_level: Dict[str, SlicePeaks]) -> Dict[Tuple[
     return out
 
 
+#: Closer than this (patient mm) two levels' keypoints cannot both be right: lumbar discs lie
+#: some 30-45 mm apart along the spine in adults.
+SHARED_POINT_MM = 10.0
+
+
+def shared_points(keypoints: Dict[str, Keypoint], min_mm: float = SHARED_POINT_MM) -> List[List[str]]:
+    """Groups (two or more, in ``keypoints``' order) of levels whose keypoints lie within
+    ``min_mm`` of another of the group in patient space: places where the model put several
+    levels on one structure, so at most one of them is the level it names."""
+    names = list(keypoints)
+    parent = list(range(len(names)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    points = [np.asarray(keypoints[n].patient_mm, dtype=np.float64) for n in names]
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if np.linalg.norm(points[i] - points[j]) < min_mm:
+                parent[root(j)] = root(i)
+    groups: Dict[int, List[str]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(root(i), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 def midline_from_canal(readings: Dict[str, Reading]) -> Optional[float]:
     """Mean patient x of the canal keypoints, the midline for sorting foramina into sides."""
     xs: List[float] = [kp.patient_mm[0] for kp, _ in readings.values()]

@@ -16,10 +16,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .aggregate import (SlicePeaks, axial_findings, axial_slices_for_levels, midline_from_canal, sagittal_t1_findings,
-                        sagittal_t2_findings)
+from .aggregate import (SHARED_POINT_MM, SlicePeaks, axial_findings, axial_slices_for_levels, midline_from_canal,
+                        sagittal_t1_findings, sagittal_t2_findings, shared_points)
 from .errors import InputError, LumbarEdgeError
-from .labels import CONDITIONS, LEVELS, HeadLayout
+from .labels import CONDITIONS, LEVELS, HeadLayout, level_title
 from .preprocess import PreprocessConfig, channel_indices, preprocess_stack
 from .results import Finding, StudyResult
 from .select import DEFAULT_SELECTION, select_series
@@ -205,7 +205,7 @@ class Pipeline:
                 if key not in slices:
                     slices[key] = prepared.pixels(series, p.slice_index)
 
-        canal = {}
+        canal, foramina = {}, {}
         if "sagittal_t2" in chosen:
             s = chosen["sagittal_t2"]
             sink = {} if self.keep_heatmaps else None
@@ -244,6 +244,7 @@ class Pipeline:
                 for (side, level), r in axial_findings(s, by_level).items():
                     readings[f"{side}_subarticular_stenosis_{level}"] = r
                 keep(s, list(by_level.values()))
+        warnings += _shared_point_warnings(canal, foramina if "sagittal_t1" in chosen else {})
         findings = []
         for condition in CONDITIONS:
             for level in LEVELS:
@@ -337,6 +338,23 @@ class _Prepared:
         if arr is None:
             arr = self._pixels[key] = series.pixels(index)
         return arr
+
+
+def _shared_point_warnings(canal: Dict[str, Tuple], foramina: Dict[Tuple[str, str], Tuple]) -> List[str]:
+    """One warning per group of levels the model put on one point (:func:`shared_points`): the
+    findings stay (each level's grade is still read where the model looked), but the report
+    says that their places, and so which level they describe, are not to be trusted."""
+    views = [("sagittal T2/STIR (spinal canal)", {lv: r[0] for lv, r in canal.items()})]
+    for side in ("left", "right"):
+        views.append((f"sagittal T1 ({side} foramina)", {lv: r[0] for (sd, lv), r in foramina.items() if sd == side}))
+    out = []
+    for label, keypoints in views:
+        for group in shared_points(keypoints):
+            names = ", ".join(level_title(lv) for lv in group)
+            out.append(f"{label}: {names} were placed within {SHARED_POINT_MM:g} mm of each other, where discs lie "
+                       f"30-45 mm apart; the model did not tell these levels apart, so their locations (and which "
+                       f"level each grade describes) are unreliable")
+    return out
 
 
 def _normalised(p) -> Tuple[float, float, float]:

@@ -40,7 +40,10 @@ def test_run_study_gives_25_findings_with_consistent_geometry(tiny_rsna, tiny_bu
     with Pipeline.load(tiny_bundle, backend="onnxruntime") as pipe:
         result = pipe.run_study(study)
     assert [(f.condition, f.level) for f in result.findings] == [(c, lv) for c in CONDITIONS for lv in LEVELS]
-    assert result.study_id == study.study_id and not result.warnings
+    assert result.study_id == study.study_id
+    # The tiny test model may put two levels on one point, which the report says; nothing else
+    # about this complete study deserves a warning.
+    assert all(" were placed within " in w for w in result.warnings), result.warnings
     assert set(result.series_used) == {"sagittal_t2", "sagittal_t1", "axial_t2"}
     series_by_uid = {s.series_uid: s for s in study.series}
     for f in result.findings:
