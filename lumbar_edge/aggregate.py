@@ -1,9 +1,15 @@
 """From per-slice peaks to the 25 condition-level findings.
 
-Per view, the model runs on slices of the chosen series; for each keypoint channel the slice whose
-heatmap peak scores highest wins, and its peak (mapped back to the source pixel grid and to
-patient mm) and severity probabilities become the finding. Two facts come from geometry rather
-than pixels:
+Per view, the model runs on slices of the chosen series and each keypoint channel gives one peak
+per slice. On the sagittal views the five levels are then chosen together: one slice's peak per
+level, the levels in anatomical order from L1/L2 down to L5/S1 at least :data:`LEVEL_STEP_MM`
+apart, maximising the sum of the peaks' log scores (:func:`assign_ordered`). Taking each
+level's best-scoring peak on its own let a model that confuses neighbouring levels put two or
+three of them on one disc (on the demo's 8 held-out studies every study had such a pair); where
+no ordered choice exists, each level keeps its own best peak and the report says which levels
+share a point (:func:`shared_points`). The chosen peak (mapped back to the source pixel grid
+and to patient mm) and its severity probabilities become the finding. Two facts come from
+geometry rather than pixels:
 
 - **Foramen side** (sagittal T1): left and right foramina are mirror images on parasagittal
   slices, so a slice's side is where it lies in patient space against the midline (DICOM LPS:
@@ -45,26 +51,66 @@ def keypoint_of(series, peaks: SlicePeaks, k: int) -> Keypoint:
                     patient_mm=(float(mm[0]), float(mm[1]), float(mm[2])), score=float(peaks.score[k]))
 
 
-def best_slice(peaks: Sequence[SlicePeaks], k: int) -> Optional[SlicePeaks]:
-    """The slice whose channel ``k`` peak scores highest (the first on a tie); None if no slices."""
-    best = None
-    for p in peaks:
-        if best is None or p.score[k] > best.score[k]:
-            best = p
-    return best
-
-
 Reading = Tuple[Keypoint, Tuple[float, float, float]]
+
+#: Least distance (patient mm, along the head-foot axis) between consecutive levels' keypoints.
+#: Adult lumbar discs lie 30-45 mm apart; two thirds of the smallest gap leaves room for
+#: curvature and small patients while keeping two levels off one disc.
+LEVEL_STEP_MM = 20.0
+
+
+def assign_ordered(height_mm: np.ndarray, log_score: np.ndarray, min_step_mm: float = LEVEL_STEP_MM
+                   ) -> Optional[List[int]]:
+    """One candidate per level so that each level lies at least ``min_step_mm`` below the one
+    before it, with the largest total log score; None when no such choice exists.
+
+    ``height_mm`` and ``log_score`` are ``[levels, candidates]``: candidate ``i`` of level ``k``
+    sits at height ``height_mm[k, i]`` (patient z: + is towards the head) and scores
+    ``log_score[k, i]``. Dynamic programming over the levels, O(levels x candidates^2).
+    Raises ``ValueError`` for arrays of different or non-2-D shapes.
+    """
+    height = np.asarray(height_mm, dtype=np.float64)
+    score = np.asarray(log_score, dtype=np.float64)
+    if height.ndim != 2 or height.shape != score.shape:
+        raise ValueError(f"height and score must be [levels, candidates] of one shape, got {height.shape}, {score.shape}")
+    levels, n = height.shape
+    if levels == 0 or n == 0:
+        return None
+    best = score[0].copy()
+    back = np.full((levels, n), -1, dtype=np.int64)
+    for k in range(1, levels):
+        # allowed[j, i]: candidate i of level k lies far enough below candidate j of level k-1.
+        allowed = (height[k - 1][:, None] - height[k][None, :]) >= min_step_mm
+        total = np.where(allowed, best[:, None], -np.inf)
+        back[k] = np.argmax(total, axis=0)
+        best = total[back[k], np.arange(n)] + score[k]
+    if not np.isfinite(best).any():
+        return None
+    chosen = [int(np.argmax(best))]
+    for k in range(levels - 1, 0, -1):
+        chosen.append(int(back[k, chosen[-1]]))
+    return chosen[::-1]
+
+
+def ordered_levels(series, peaks: Sequence[SlicePeaks], min_step_mm: float = LEVEL_STEP_MM) -> Dict[str, Reading]:
+    """The five levels' readings from ``peaks`` (channel k = ``LEVELS[k]``) chosen together by
+    :func:`assign_ordered`; each level's own best peak when no ordered choice exists."""
+    if not peaks:
+        return {}
+    keypoints = [[keypoint_of(series, p, k) for p in peaks] for k in range(len(LEVELS))]
+    height = np.array([[kp.patient_mm[2] for kp in row] for row in keypoints])
+    log_score = np.log(np.clip(np.array([[float(p.score[k]) for p in peaks] for k in range(len(LEVELS))]), 1e-9, None))
+    chosen = assign_ordered(height, log_score, min_step_mm)
+    if chosen is None:
+        chosen = [int(np.argmax(log_score[k])) for k in range(len(LEVELS))]
+    return {level: (keypoints[k][i], tuple(float(v) for v in peaks[i].probs[k]))
+            for k, (level, i) in enumerate(zip(LEVELS, chosen))}
 
 
 def sagittal_t2_findings(series, peaks: Sequence[SlicePeaks]) -> Dict[str, Reading]:
-    """Spinal canal stenosis per level: the best slice per level channel."""
-    out: Dict[str, Reading] = {}
-    for k, level in enumerate(LEVELS):
-        p = best_slice(peaks, k)
-        if p is not None:
-            out[level] = (keypoint_of(series, p, k), tuple(float(v) for v in p.probs[k]))
-    return out
+    """Spinal canal stenosis per level: the five level channels chosen together in anatomical
+    order (:func:`ordered_levels`)."""
+    return ordered_levels(series, peaks)
 
 
 def slice_centre_x_mm(instance) -> float:
@@ -75,7 +121,8 @@ def slice_centre_x_mm(instance) -> float:
 
 
 def sagittal_t1_findings(series, peaks: Sequence[SlicePeaks], midline_x_mm: Optional[float]) -> Dict[Tuple[str, str], Reading]:
-    """Neural foraminal narrowing per (side, level): the best slice on each side of the midline."""
+    """Neural foraminal narrowing per (side, level): on each side of the midline, the five levels
+    chosen together in anatomical order (:func:`ordered_levels`)."""
     if not peaks:
         return {}
     xs = [slice_centre_x_mm(p.instance) for p in peaks]
@@ -83,10 +130,8 @@ def sagittal_t1_findings(series, peaks: Sequence[SlicePeaks], midline_x_mm: Opti
     sides = {"left": [p for p, x in zip(peaks, xs) if x > midline], "right": [p for p, x in zip(peaks, xs) if x < midline]}
     out: Dict[Tuple[str, str], Reading] = {}
     for side, side_peaks in sides.items():
-        for k, level in enumerate(LEVELS):
-            p = best_slice(side_peaks, k)
-            if p is not None:
-                out[(side, level)] = (keypoint_of(series, p, k), tuple(float(v) for v in p.probs[k]))
+        for level, reading in ordered_levels(series, side_peaks).items():
+            out[(side, level)] = reading
     return out
 
 
