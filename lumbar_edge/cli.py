@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import click
 
 from . import __version__
-from .errors import LumbarEdgeError
+from .errors import InputError, LumbarEdgeError
 
 EXIT_USER_ERROR = 2
 
@@ -105,16 +105,30 @@ def train(data, out_dir, val_data, val_fraction, backbone, size, epochs, batch_s
               help="train.csv-form labels: study_id + the 25 condition_level columns.")
 @click.option("--only-predicted-studies", is_flag=True,
               help="Score only the studies that appear in PREDICTIONS (default: every labelled study must be predicted).")
+@click.option("--coordinates", "coordinates_path", type=click.Path(path_type=Path),
+              help="train_label_coordinates.csv-form labels: also measure where the reports' keypoints lie "
+                   "(needs --reports).")
+@click.option("--reports", "reports_dir", type=click.Path(path_type=Path),
+              help="The folder of study reports (JSON) that `lumbar-edge infer` wrote beside PREDICTIONS.")
 @click.option("--json", "as_json", is_flag=True, help="Print the score and its parts as JSON.")
-def evaluate(predictions: Path, labels_path: Path, only_predicted_studies: bool, as_json: bool) -> None:
-    """Score a submission-form PREDICTIONS CSV with the RSNA 2024 competition metric."""
-    from .training.metrics import format_score, jsonable, score_submission
+def evaluate(predictions: Path, labels_path: Path, only_predicted_studies: bool, coordinates_path: Optional[Path],
+             reports_dir: Optional[Path], as_json: bool) -> None:
+    """Score a submission-form PREDICTIONS CSV with the RSNA 2024 competition metric and, with
+    --coordinates and --reports, the keypoints of the study reports against labelled points."""
+    from .training.metrics import (format_localisation, format_score, jsonable, report_localisation,
+                                   score_submission)
 
+    if (coordinates_path is None) != (reports_dir is None):
+        raise InputError("--coordinates and --reports go together: the labelled points and the reports to check")
     result = score_submission(predictions, labels_path, only_predicted_studies=only_predicted_studies)
+    located = report_localisation(reports_dir, coordinates_path) if reports_dir is not None else None
     if as_json:
-        click.echo(json.dumps(jsonable(result), indent=2))
+        click.echo(json.dumps(jsonable(dict(result, localisation=located) if located else result), indent=2))
     else:
         click.echo(format_score(result))
+        if located:
+            click.echo("")
+            click.echo(format_localisation(located))
 
 
 @cli.command()

@@ -75,6 +75,12 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), progress: bool = True
     results_dir = out / "results"
     summary = run_infer(val_dir / "train_images", bundle_dir, results_dir, backend="onnxruntime", progress=progress,
                         echo=echo)
+    # The same figures end to end: the submission CSV and the reports' keypoints of the run above
+    # (study folders in, INT8 on ONNX Runtime), against the held-out labels.
+    from .training.metrics import report_localisation, score_submission
+
+    scored = score_submission(summary.csv_path, val_dir / "train.csv", only_predicted_studies=True)
+    located = report_localisation(results_dir, val_dir / "train_label_coordinates.csv")["overall"]
     figures = {
         "bundle": str(bundle_dir),
         "reports": str(results_dir),
@@ -83,6 +89,10 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), progress: bool = True
         "val_score": result.best.get("val_score"),
         "val_prior_score": result.best.get("val_prior_score"),
         "val_loc_px_median": result.best.get("val_loc_px_median"),
+        "pipeline_score": scored["score"],
+        "pipeline_loc_px_median": located["median_px"],
+        "pipeline_keypoints": located["n"],
+        "pipeline_keypoints_far": located["far"],
         "studies_ok": len(summary.succeeded),
         "studies_failed": len(summary.failed),
         "minutes": (time.perf_counter() - start) / 60,
@@ -93,6 +103,9 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), progress: bool = True
     if figures["val_score"] is not None:
         echo(f"  held-out score {figures['val_score']:.3f} (class prior {figures['val_prior_score']:.3f}), "
              f"median localisation error {figures['val_loc_px_median']:.2f} px at {config.size} px")
+    echo(f"  end to end (study folders in, INT8 on ONNX Runtime): score {figures['pipeline_score']:.3f}, keypoints "
+         f"median {figures['pipeline_loc_px_median']:.2f} px, {figures['pipeline_keypoints_far']} of "
+         f"{figures['pipeline_keypoints']} more than 20 px off (source pixels)")
     echo(f"  bundle:     {bundle_dir}")
     echo(f"  reports:    {results_dir} (one JSON per study)")
     echo(f"  submission: {summary.csv_path}")

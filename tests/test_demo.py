@@ -43,6 +43,10 @@ def test_demo_makes_a_bundle_reports_csv_and_overlays(tmp_path):
         assert width >= 64 and height >= 64
     assert json.loads((out / "demo.json").read_text())["studies_ok"] == 2
     assert any("NOT FOR CLINICAL USE" in line for line in lines)
+    # The end-to-end figures score the run's own CSV and reports against the held-out labels.
+    assert figures["pipeline_score"] > 0 and figures["pipeline_keypoints"] > 0
+    assert 0 <= figures["pipeline_keypoints_far"] <= figures["pipeline_keypoints"]
+    assert any(line.strip().startswith("end to end (study folders in") for line in lines)
 
 
 def test_demo_refuses_a_folder_that_is_not_empty(tmp_path):

@@ -507,6 +507,81 @@ def score_submission(pred_csv_path: PathLike, labels_csv_path: PathLike, only_pr
     return result
 
 
+#: A keypoint farther than this (source pixels) from its label is on another structure (the
+#: synthetic discs are some 40 px apart); the count of such keypoints shows level confusions
+#: that a median hides.
+FAR_PX = 20.0
+
+
+def report_localisation(reports_dir: PathLike, coordinates_csv: PathLike, far_px: float = FAR_PX) -> dict:
+    """Where the keypoints of lumbar-edge's study reports (``*.json`` in ``reports_dir``, as
+    ``lumbar-edge infer`` writes them) lie against ``train_label_coordinates.csv``-form labels.
+
+    Each labelled (study, condition, level) with a report keypoint in the labelled series is
+    compared in source pixels (x, y of the slice; the slice itself may differ). Returns
+    ``{"groups": {group: stats + "far" + "on_labelled_slice"}, "overall": ..., "n_reports",
+    "n_unmatched"}`` (stats as :func:`localisation_error`; groups spinal / foraminal /
+    subarticular); ``n_unmatched`` counts labels with no keypoint from the model in that series
+    (prior-based findings, another series, a study without a report). Raises :class:`InputError`
+    when the folder holds no study report or the CSV lacks a column.
+    """
+    from lumbar_edge.labels import condition_from_title, level_from_title
+    from lumbar_edge.report.json_report import ReportError, read_study_json
+
+    found: Dict[Tuple[str, str, str], dict] = {}
+    reports = 0
+    for path in sorted(Path(reports_dir).glob("*.json")):
+        try:
+            doc = read_study_json(path)
+        except ReportError:
+            continue  # the run's summary and other JSON files beside the reports
+        reports += 1
+        for f in doc["findings"]:
+            if f.get("keypoint"):
+                found[(str(doc["study_id"]), f["condition"], f["level"])] = f["keypoint"]
+    if not reports:
+        raise InputError(f"no lumbar-edge study report in {reports_dir}")
+    header, rows = _open_csv(coordinates_csv, "label coordinates")
+    missing = {"study_id", "series_id", "instance_number", "condition", "level", "x", "y"} - set(header)
+    if missing:
+        raise InputError(f"{coordinates_csv} lacks the column(s) {', '.join(sorted(missing))}")
+    pred, true, groups, same_slice, unmatched = [], [], [], [], 0
+    for row in rows:
+        key = (row["study_id"].strip(), condition_from_title(row["condition"]), level_from_title(row["level"]))
+        kp = found.get(key)
+        if kp is None or str(kp["series_id"]) != row["series_id"].strip():
+            unmatched += 1
+            continue
+        pred.append((kp["x"], kp["y"]))
+        true.append((float(row["x"]), float(row["y"])))
+        groups.append(condition_group(key[1]))
+        same_slice.append(int(kp["instance_number"]) == int(float(row["instance_number"])))
+    err = localisation_error(np.array(pred), np.array(true), levels=groups)
+    px = np.hypot(*(np.array(pred) - np.array(true)).T) if pred else np.zeros(0)
+    g = np.array(groups, dtype=object)
+    same = np.array(same_slice, dtype=bool)
+
+    def extra(stats: dict, sel: np.ndarray) -> dict:
+        return dict(stats, far=int((px[sel] > far_px).sum()),
+                    on_labelled_slice=float(same[sel].mean()) if sel.any() else float("nan"))
+
+    order = [k for k in ("spinal", "foraminal", "subarticular") if k in err["per_level"]]
+    return {"groups": {k: extra(err["per_level"][k], g == k) for k in order},
+            "overall": extra(err["overall"], np.ones(len(px), dtype=bool)),
+            "far_px": far_px, "n_reports": reports, "n_unmatched": unmatched}
+
+
+def format_localisation(result: Mapping[str, object]) -> str:
+    """A table of :func:`report_localisation`'s result."""
+    lines = [f"keypoints against the labels (source pixels; far = more than {result['far_px']:g} px), "
+             f"{result['n_reports']} reports, {result['n_unmatched']} labels without a model keypoint in their series",
+             f"{'group':<14}{'n':>5}{'median px':>11}{'mean px':>9}{'far':>6}{'on labelled slice':>19}"]
+    for name, st in list(result["groups"].items()) + [("all", result["overall"])]:
+        lines.append(f"{name:<14}{st['n']:>5}{_fmt(st['median_px'], 11)}{_fmt(st['mean_px'], 9)}{st['far']:>6}"
+                     f"{st['on_labelled_slice'] * 100:>18.0f}%")
+    return "\n".join(lines)
+
+
 def class_priors(labels: Labels) -> Dict[str, np.ndarray]:
     """Per condition group, the class frequencies of the labelled rows (uniform for a group with none)."""
     counts = {g: np.zeros(3) for g in CONDITION_GROUPS}

@@ -85,3 +85,65 @@ def test_evaluate_runs_without_importing_torch(tmp_path):
             "print('heavy=' + ','.join(m for m in ('torch', 'pandas', 'sklearn') if m in sys.modules), rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("heavy= 0")
+
+
+def _reports_and_coordinates(tmp_path):
+    """Two study reports written by the real writer, and label coordinates for five of their
+    keypoints: 3-4-5 px off, 30 px off (another level), on another series, and a label whose
+    finding came from the prior (no keypoint)."""
+    from lumbar_edge.labels import CONDITIONS
+    from lumbar_edge.report import write_study_json
+    from lumbar_edge.results import Finding, Keypoint, StudyResult
+
+    def kp(series, instance, x, y):
+        return Keypoint(series_uid=f"1.{series}", series_id=str(series), sop_uid=f"1.{series}.{instance}",
+                        instance_number=instance, x=x, y=y, patient_mm=(0.0, 0.0, 0.0), score=0.9)
+
+    points = {("11", "spinal_canal_stenosis", "l4_l5"): kp(7, 9, 100.0, 100.0),
+              ("11", "left_neural_foraminal_narrowing", "l5_s1"): kp(8, 3, 50.0, 60.0),
+              ("22", "spinal_canal_stenosis", "l4_l5"): kp(7, 9, 10.0, 10.0),
+              ("22", "right_subarticular_stenosis", "l1_l2"): kp(9, 1, 40.0, 40.0)}
+    out = tmp_path / "results"
+    for study in ("11", "22"):
+        findings = [Finding(c, lv, (0.8, 0.15, 0.05), points.get((study, c, lv)),
+                            source="model" if (study, c, lv) in points else "prior")
+                    for c in CONDITIONS for lv in ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")]
+        write_study_json(StudyResult(study_id=study, study_uid=f"2.{study}", findings=findings), out)
+    (out / "summary.json").write_text("{}")  # not a study report: skipped
+    coords = tmp_path / "coords.csv"
+    with open(coords, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["study_id", "series_id", "instance_number", "condition", "level", "x", "y"])
+        w.writerow(["11", "7", "9", "Spinal Canal Stenosis", "L4/L5", "103", "104"])  # 5 px, same slice
+        w.writerow(["11", "8", "4", "Left Neural Foraminal Narrowing", "L5/S1", "50", "90"])  # 30 px, other slice
+        w.writerow(["22", "7", "9", "Spinal Canal Stenosis", "L4/L5", "10", "10"])  # exact
+        w.writerow(["22", "5", "1", "Right Subarticular Stenosis", "L1/L2", "40", "40"])  # labelled on another series
+        w.writerow(["22", "7", "9", "Spinal Canal Stenosis", "L1/L2", "10", "10"])  # prior: no keypoint
+    return out, coords
+
+
+def test_evaluate_measures_the_reports_keypoints_against_labelled_points(tmp_path, capsys):
+    from lumbar_edge.training.metrics import report_localisation
+
+    out, coords = _reports_and_coordinates(tmp_path)
+    result = report_localisation(out, coords)
+    assert result["n_reports"] == 2 and result["n_unmatched"] == 2
+    spinal, foraminal = result["groups"]["spinal"], result["groups"]["foraminal"]
+    assert spinal["n"] == 2 and math.isclose(spinal["median_px"], 2.5) and spinal["far"] == 0
+    assert spinal["on_labelled_slice"] == 1.0
+    assert foraminal["n"] == 1 and math.isclose(foraminal["max_px"], 30.0) and foraminal["far"] == 1
+    assert foraminal["on_labelled_slice"] == 0.0 and "subarticular" not in result["groups"]
+    assert result["overall"]["n"] == 3 and result["overall"]["far"] == 1
+
+    pred, lab = _write(tmp_path)
+    assert main(["evaluate", str(pred), "--labels", str(lab), "--coordinates", str(coords), "--reports", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"score  {SCORE:7.4f}" in text and "2 reports, 2 labels without a model keypoint" in text
+    assert main(["evaluate", str(pred), "--labels", str(lab), "--coordinates", str(coords), "--reports", str(out),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["localisation"]["overall"]["far"] == 1
+    assert main(["evaluate", str(pred), "--labels", str(lab), "--reports", str(out)]) == 2
+    assert "go together" in capsys.readouterr().err
+    assert main(["evaluate", str(pred), "--labels", str(lab), "--coordinates", str(coords),
+                 "--reports", str(tmp_path)]) == 2  # holds no study report
+    assert "no lumbar-edge study report" in capsys.readouterr().err
