@@ -45,13 +45,6 @@ def _subset_root(root: Path, studies: List[Path], n: int, dest: Path) -> Path:
     return dest
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux: no affinity mask
-        return os.cpu_count() or 1
-
-
 def slice_scaling(model: Path, counts: Sequence[int], backend: str, precision: Optional[str], repeats: int,
                   tmp: Path, overlays: bool = True) -> List[Dict[str, object]]:
     from lumbar_edge.infer import write_study_outputs
@@ -77,6 +70,7 @@ def root_scaling(model: Path, root: Path, sizes: Sequence[int], backend: str, pr
                  tmp: Path, passes: int = 1, overlays: bool = True) -> List[Dict[str, object]]:
     from lumbar_edge.dicom import scan_path
     from lumbar_edge.infer import run_infer
+    from lumbar_edge.synth.dataset import default_workers
 
     studies = sorted({Path(s.series[0].instances[0].path).parent.parent for s in scan_path(root).studies})
     rows = []
@@ -103,7 +97,7 @@ def root_scaling(model: Path, root: Path, sizes: Sequence[int], backend: str, pr
         # cpu / C seconds, so C * wall / cpu of the sequential run caps what overlapping can give
         # when the engine runs on those same cores (ONNX Runtime). An accelerator's time is not
         # in the process' CPU time, so there the cap is higher.
-        row["cores"] = _cores()
+        row["cores"] = default_workers()  # the CPUs this process may use
         row["sequential_cores_busy"] = row["sequential_cpu_s"] / row["sequential_s"]
         row["overlap_ceiling_cpu"] = row["cores"] * row["sequential_s"] / row["sequential_cpu_s"]
         row["sequential_studies_per_s"] = n / row["sequential_s"]

@@ -19,7 +19,7 @@ from .errors import InputError
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the demo makes and trains. The defaults take about 9 minutes on 2 CPU cores: the
+    """What the demo makes and trains. The defaults take 7-9 minutes on 2 CPU cores: the
     epochs are fixed (the one-cycle learning-rate schedule finishes, so the model's quality does
     not depend on how busy the machine is); the time limit is only a guard against a very slow
     machine. ``tiny`` (small studies) and ``width`` exist for the tests."""

@@ -244,7 +244,7 @@ class Pipeline:
                 for (side, level), r in axial_findings(s, by_level).items():
                     readings[f"{side}_subarticular_stenosis_{level}"] = r
                 keep(s, list(by_level.values()))
-        warnings += _shared_point_warnings(canal, foramina if "sagittal_t1" in chosen else {})
+        warnings += _shared_point_warnings(canal, foramina)
         findings = []
         for condition in CONDITIONS:
             for level in LEVELS:
