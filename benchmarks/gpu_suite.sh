@@ -5,8 +5,9 @@
 #   2. pytest -m gpu: the decode kernel against the numpy reference (random and adversarial inputs,
 #      FP32 and FP16), the torch CUDA backend end to end on a synthetic study, the lean runtime's
 #      initialisation, training steps with AMP (plus the CPU-side TensorRT checks of the same files);
-#   3. the decode benchmark (kernel vs PyTorch tensor ops vs host copy + numpy, batch 1 and 16) and
-#      the backend benchmark (torch CUDA FP16 + CUDA graphs vs eager FP32 PyTorch, batch 1);
+#   3. the decode benchmark (kernel vs PyTorch tensor ops vs host copy + numpy, batch 1 and 16),
+#      the backend benchmark (torch CUDA FP16 + CUDA graphs vs eager FP32 PyTorch, batch 1) and the
+#      gpu-full training preset's step time (benchmarks/train_speed.py);
 #   4. on a benchmark bundle (benchmarks/make_bundle.py: the default network, random weights, FP32 +
 #      INT8 + model.pt): `lumbar-edge bench` (every backend/precision, batch 1,8,16, stage table +
 #      JSON + chart), the end-to-end baselines (benchmarks/end_to_end.py) and the scaling/overlap
@@ -63,6 +64,10 @@ timeout "$(left 60)" python3 -P -m pytest -q -p no:cacheprovider -m "not gpu" te
 
 timeout "$(left 60)" python3 -P -m lumbar_edge.benchmarks.decode_bench --batch 1,16 --json "$RESULTS/decode_bench.json"
 timeout "$(left 60)" python3 -P -m lumbar_edge.benchmarks.backend_bench --batch 1 --json "$RESULTS/backend_bench.json"
+# The gpu-full training preset's step (ResNet-50, 512 px, AMP) against plain FP32, and its projected
+# training time on the 1975 studies of RSNA 2024.
+timeout "$(left 90)" python3 -P -m lumbar_edge.benchmarks.train_speed --preset gpu-full --steps 10 --studies 1975 \
+  --json "$RESULTS/train_speed.json" 2>&1 | tee "$RESULTS/train_speed.txt"
 
 BUNDLE=/tmp/bench_bundle
 timeout "$(left 120)" python3 -P -m lumbar_edge.benchmarks.make_bundle --out "$BUNDLE"

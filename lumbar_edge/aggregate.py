@@ -1,9 +1,13 @@
 """From per-slice peaks to the 25 condition-level findings.
 
 Per view, the model runs on slices of the chosen series and each keypoint channel gives one peak
-per slice. On the sagittal views the five levels are then chosen together: one slice's peak per
-level, the levels in anatomical order from L1/L2 down to L5/S1 at least :data:`LEVEL_STEP_MM`
-apart, maximising the sum of the peaks' log scores (:func:`assign_ordered`). Taking each
+per slice. A peak's score is made through-plane consistent (:func:`through_plane_scores`): the
+network is trained to score a structure highest on the slice through it and less on the slices
+beside it, so a slice whose neighbours see the same structure at the same place is supported by
+them, and a lone peak on a lateral slice is not. On the sagittal views the five levels are then
+chosen together: one slice's peak per level, the levels in anatomical order from L1/L2 down to
+L5/S1 at least :data:`LEVEL_STEP_MM` apart, maximising the sum of the peaks' log scores
+(:func:`assign_ordered`). Taking each
 level's best-scoring peak on its own let a model that confuses neighbouring levels put two or
 three of them on one disc (on the demo's 8 held-out studies every study had such a pair); where
 no ordered choice exists, each level keeps its own best peak and the report says which levels
@@ -21,7 +25,7 @@ geometry rather than pixels:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -92,25 +96,169 @@ def assign_ordered(height_mm: np.ndarray, log_score: np.ndarray, min_step_mm: fl
     return chosen[::-1]
 
 
-def ordered_levels(series, peaks: Sequence[SlicePeaks], min_step_mm: float = LEVEL_STEP_MM) -> Dict[str, Reading]:
-    """The five levels' readings from ``peaks`` (channel k = ``LEVELS[k]``) chosen together by
-    :func:`assign_ordered`; each level's own best peak when no ordered choice exists."""
+@dataclass(frozen=True)
+class AggregationConfig:
+    """How the study-level choice of slice and peak is made.
+
+    ``level_step_mm``: least head-foot distance between consecutive levels (:func:`assign_ordered`).
+    ``profile_sigma_mm``: the through-plane reach of :func:`through_plane_scores` (0: each
+    slice's own score alone); ``profile_radius_mm``: another slice supports a peak only where its
+    own peak of that channel lies within this in-plane distance.
+    ``midline_sigma_mm``: how far (left-right, Gaussian sigma) a canal keypoint may lie from the
+    midline found between the two foramina of the sagittal T1 series (:func:`foramina_midline`);
+    ``foramen_gap_mm``: the range of left-right distances between those two foramina.
+    ``level_sigma_mm``: how far along the spine (Gaussian sigma) a foramen may lie from the canal
+    keypoint of its level (:func:`level_prior`). 0 switches a prior off.
+    """
+
+    level_step_mm: float = LEVEL_STEP_MM
+    profile_sigma_mm: float = 4.0
+    profile_radius_mm: float = 6.0
+    midline_sigma_mm: float = 5.0
+    level_sigma_mm: float = 10.0
+    foramen_gap_mm: Tuple[float, float] = (15.0, 80.0)
+
+
+def through_plane_scores(points_mm: np.ndarray, scores: np.ndarray, normal, sigma_mm: float,
+                         radius_mm: float) -> np.ndarray:
+    """Each peak's score as a through-plane profile: the Gaussian-weighted mean (``sigma_mm``
+    along the slice normal) of the scores of the same channel on the slices around it, a slice
+    counting only where its peak lies within ``radius_mm`` of this one in the slice plane (else
+    it adds 0). The network scores a structure highest on the slice through its centre and less
+    on the slices beside it, so the profile peaks there even when several neighbouring slices
+    score alike, and a lone peak (a lateral slice lighting up on another structure) is
+    discounted. Slices beyond the stack count as 0.
+
+    ``points_mm`` [K, n, 3] patient mm of channel k's peak on each of n slices; ``scores`` [K, n];
+    ``normal`` the slice normal. Returns [K, n] in the range of the scores.
+    """
+    pts = np.asarray(points_mm, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    if sigma_mm <= 0 or s.size == 0:
+        return s.copy()
+    n_vec = np.asarray(normal, dtype=np.float64).reshape(3)
+    n_vec = n_vec / np.linalg.norm(n_vec)
+    delta = pts[:, :, None, :] - pts[:, None, :, :]                   # [K, n, n, 3]
+    along = delta @ n_vec                                              # [K, n, n]
+    in_plane = np.linalg.norm(delta - along[..., None] * n_vec, axis=-1)
+    # Slice positions along the normal (the peaks of one slice share its plane).
+    position = pts @ n_vec                                             # [K, n]
+    gap = position[0][:, None] - position[0][None, :]                  # [n, n]
+    weight = np.exp(-0.5 * (gap / sigma_mm) ** 2)
+    # The kernel's full mass, as if the stack went on with the same spacing: slices missing at
+    # the ends of the stack then count as 0 rather than being ignored.
+    spacing = float(np.median(np.abs(np.diff(np.sort(position[0]))))) if s.shape[1] > 1 else 0.0
+    if spacing > 0:
+        reach = int(np.ceil(3 * sigma_mm / spacing))
+        mass = float(np.exp(-0.5 * ((np.arange(-reach, reach + 1) * spacing) / sigma_mm) ** 2).sum())
+    else:
+        mass = 1.0
+    agree = in_plane <= radius_mm
+    return (weight[None] * agree * s[:, None, :]).sum(-1) / mass
+
+
+def _series_normal(series, peaks: Sequence[SlicePeaks]) -> np.ndarray:
+    normal = getattr(series, "normal", None)
+    if normal is None:
+        normal = peaks[0].instance.geometry.normal
+    return np.asarray(normal, dtype=np.float64)
+
+
+#: A log prior over candidates: ``prior(points_mm [K, n, 3]) -> [K, n]`` added to the log scores.
+Prior = Callable[[np.ndarray], np.ndarray]
+
+
+def midline_prior(midline_x_mm: Optional[float], sigma_mm: float) -> Optional[Prior]:
+    """Gaussian log prior on a keypoint's left-right distance (patient x) from the midline."""
+    if midline_x_mm is None or sigma_mm <= 0:
+        return None
+    return lambda points: -0.5 * ((points[..., 0] - midline_x_mm) / sigma_mm) ** 2
+
+
+def level_prior(anchors: Dict[str, Reading], sigma_mm: float) -> Optional[Prior]:
+    """Gaussian log prior tying level k's candidates to the keypoint ``anchors[LEVELS[k]]`` found
+    on another view (the canal on sagittal T2): their distance along the spine there, i.e. along
+    the line through the anchors of the levels above and below. Sagittal T1 and T2 series of one
+    study share patient space, and a level's foramina lie beside its canal segment, while the
+    next level is 30-45 mm away along the spine: a network that names the foramina one level
+    off is held to the level the canal view found. Levels without an anchor get no prior."""
+    if sigma_mm <= 0 or not anchors:
+        return None
+    have = [lv for lv in LEVELS if lv in anchors]
+    pts = {lv: np.asarray(anchors[lv][0].patient_mm, dtype=np.float64) for lv in have}
+
+    def axis(level: str) -> np.ndarray:
+        i = have.index(level)
+        above, below = pts[have[max(i - 1, 0)]], pts[have[min(i + 1, len(have) - 1)]]
+        d = above - below
+        n = float(np.linalg.norm(d))
+        return d / n if n > 0 else np.array([0.0, 0.0, 1.0])
+
+    axes = {lv: axis(lv) for lv in have}
+
+    def prior(points: np.ndarray) -> np.ndarray:
+        out = np.zeros(points.shape[:-1])
+        for k, lv in enumerate(LEVELS):
+            if lv in pts and k < points.shape[0]:
+                along = (points[k] - pts[lv]) @ axes[lv]
+                out[k] = -0.5 * (along / sigma_mm) ** 2
+        return out
+
+    return prior
+
+
+def ordered_levels(series, peaks: Sequence[SlicePeaks], config: AggregationConfig = AggregationConfig(),
+                   prior: Optional[Prior] = None) -> Dict[str, Reading]:
+    """The five levels' readings from ``peaks`` (channel k = ``LEVELS[k]``): through-plane
+    consistent scores (:func:`through_plane_scores`), plus ``prior`` where given, then the levels
+    chosen together by :func:`assign_ordered`; each level's own best when no ordered choice exists."""
     if not peaks:
         return {}
     keypoints = [[keypoint_of(series, p, k) for p in peaks] for k in range(len(LEVELS))]
-    height = np.array([[kp.patient_mm[2] for kp in row] for row in keypoints])
-    log_score = np.log(np.clip(np.array([[float(p.score[k]) for p in peaks] for k in range(len(LEVELS))]), 1e-9, None))
-    chosen = assign_ordered(height, log_score, min_step_mm)
+    points = np.array([[kp.patient_mm for kp in row] for row in keypoints], dtype=np.float64)
+    height = points[..., 2]
+    raw = np.array([[float(p.score[k]) for p in peaks] for k in range(len(LEVELS))])
+    consistent = through_plane_scores(points, raw, _series_normal(series, peaks), config.profile_sigma_mm,
+                                      config.profile_radius_mm)
+    log_score = np.log(np.clip(consistent, 1e-9, None))
+    if prior is not None:
+        log_score = log_score + prior(points)
+    chosen = assign_ordered(height, log_score, config.level_step_mm)
     if chosen is None:
         chosen = [int(np.argmax(log_score[k])) for k in range(len(LEVELS))]
     return {level: (keypoints[k][i], tuple(float(v) for v in peaks[i].probs[k]))
             for k, (level, i) in enumerate(zip(LEVELS, chosen))}
 
 
-def sagittal_t2_findings(series, peaks: Sequence[SlicePeaks]) -> Dict[str, Reading]:
+def sagittal_t2_findings(series, peaks: Sequence[SlicePeaks], config: AggregationConfig = AggregationConfig(),
+                         midline_x_mm: Optional[float] = None) -> Dict[str, Reading]:
     """Spinal canal stenosis per level: the five level channels chosen together in anatomical
-    order (:func:`ordered_levels`)."""
-    return ordered_levels(series, peaks)
+    order (:func:`ordered_levels`), near the midline where one is known (:func:`midline_prior`)."""
+    return ordered_levels(series, peaks, config, midline_prior(midline_x_mm, config.midline_sigma_mm))
+
+
+def foramina_midline(series, peaks: Sequence[SlicePeaks], config: AggregationConfig = AggregationConfig()
+                     ) -> Optional[float]:
+    """The patient x of the midline, halfway between the two foramina of a sagittal T1 series.
+
+    Each slice's foramen score is the mean of its level channels' through-plane consistent
+    scores; the two foramina are the pair of slices with the highest summed score whose
+    left-right distance is within ``config.foramen_gap_mm``. None without such a pair."""
+    if len(peaks) < 2:
+        return None
+    keypoints = [[keypoint_of(series, p, k) for p in peaks] for k in range(len(LEVELS))]
+    points = np.array([[kp.patient_mm for kp in row] for row in keypoints], dtype=np.float64)
+    raw = np.array([[float(p.score[k]) for p in peaks] for k in range(len(LEVELS))])
+    score = through_plane_scores(points, raw, _series_normal(series, peaks), config.profile_sigma_mm,
+                                 config.profile_radius_mm).mean(axis=0)
+    xs = np.array([slice_centre_x_mm(p.instance) for p in peaks])
+    gap = np.abs(xs[:, None] - xs[None, :])
+    lo, hi = config.foramen_gap_mm
+    total = np.where((gap >= lo) & (gap <= hi), score[:, None] + score[None, :], -np.inf)
+    if not np.isfinite(total).any():
+        return None
+    i, j = np.unravel_index(int(np.argmax(total)), total.shape)
+    return float(0.5 * (xs[i] + xs[j]))
 
 
 def slice_centre_x_mm(instance) -> float:
@@ -120,9 +268,13 @@ def slice_centre_x_mm(instance) -> float:
     return float(mm[0])
 
 
-def sagittal_t1_findings(series, peaks: Sequence[SlicePeaks], midline_x_mm: Optional[float]) -> Dict[Tuple[str, str], Reading]:
-    """Neural foraminal narrowing per (side, level): on each side of the midline, the five levels
-    chosen together in anatomical order (:func:`ordered_levels`)."""
+def sagittal_t1_findings(series, peaks: Sequence[SlicePeaks], midline_x_mm: Optional[float],
+                         config: AggregationConfig = AggregationConfig(),
+                         canal: Optional[Dict[str, Reading]] = None) -> Dict[Tuple[str, str], Reading]:
+    """Neural foraminal narrowing per (side, level): on each side of the midline (the centre of
+    the stack when none is given), the five levels chosen together in anatomical order
+    (:func:`ordered_levels`), each held near its canal keypoint where ``canal`` is given
+    (:func:`level_prior`)."""
     if not peaks:
         return {}
     xs = [slice_centre_x_mm(p.instance) for p in peaks]
@@ -130,7 +282,8 @@ def sagittal_t1_findings(series, peaks: Sequence[SlicePeaks], midline_x_mm: Opti
     sides = {"left": [p for p, x in zip(peaks, xs) if x > midline], "right": [p for p, x in zip(peaks, xs) if x < midline]}
     out: Dict[Tuple[str, str], Reading] = {}
     for side, side_peaks in sides.items():
-        for level, reading in ordered_levels(series, side_peaks).items():
+        for level, reading in ordered_levels(series, side_peaks, config,
+                                             level_prior(canal or {}, config.level_sigma_mm)).items():
             out[(side, level)] = reading
     return out
 
@@ -169,6 +322,20 @@ def axial_findings(series, peaks_by_level: Dict[str, SlicePeaks]) -> Dict[Tuple[
 #: Closer than this (patient mm) two levels' keypoints cannot both be right: lumbar discs lie
 #: some 30-45 mm apart along the spine in adults.
 SHARED_POINT_MM = 10.0
+#: The words every shared-point warning of a report carries (:func:`shared_point_warning`).
+SHARED_POINT_PHRASE = " were placed within "
+
+
+def shared_point_warning(view_label: str, level_titles: Sequence[str]) -> str:
+    """The report warning for levels of one view that the model put on one point."""
+    return (f"{view_label}: {', '.join(level_titles)}{SHARED_POINT_PHRASE}{SHARED_POINT_MM:g} mm of each other, "
+            f"where discs lie 30-45 mm apart; the model did not tell these levels apart, so their locations "
+            f"(and which level each grade describes) are unreliable")
+
+
+def is_shared_point_warning(text: str) -> bool:
+    """Whether a report warning is one of :func:`shared_point_warning`'s."""
+    return SHARED_POINT_PHRASE in text
 
 
 def shared_points(keypoints: Dict[str, Keypoint], min_mm: float = SHARED_POINT_MM) -> List[List[str]]:

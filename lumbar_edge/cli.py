@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .errors import InputError, LumbarEdgeError
+from .training.presets import PRESETS as TRAIN_PRESETS
 
 EXIT_USER_ERROR = 2
 
@@ -60,39 +61,52 @@ def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quie
 @cli.command()
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="RSNA-layout training folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run folder (checkpoints, config, history).")
+@click.option("--preset", type=click.Choice(list(TRAIN_PRESETS)), default=None,
+              help="A named setting (see the README): cpu-demo (the demo's CPU budget) or gpu-full (ResNet-50, "
+                   "512 px, AMP); the options below override its values.")
 @click.option("--val-data", type=click.Path(path_type=Path), default=None, help="Separate RSNA-layout validation folder.")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
-              help="Fraction of studies held out when --val-data is not given (split by study).")
-@click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default="resnet18", show_default=True)
-@click.option("--size", type=int, default=256, show_default=True, help="Model input size in pixels (square).")
-@click.option("--epochs", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--heatmap-loss", type=click.Choice(["focal", "bce"]), default="focal", show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=None,
+              help="Fraction of studies held out when --val-data is not given (split by study). [default: 0.2]")
+@click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
+              help="[default: resnet18]")
+@click.option("--size", type=int, default=None, help="Model input size in pixels (square). [default: 256]")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="[default: 20]")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: 8]")
+@click.option("--lr", type=float, default=None, help="[default: 0.002]")
+@click.option("--heatmap-loss", type=click.Choice(["focal", "bce"]), default=None, help="[default: focal]")
+@click.option("--through-plane-sigma", "through_plane_sigma_mm", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="mm: a label supervises slices beside its own with a Gaussian weight of this "
+                                 "sigma along the slice normal. [default: 2.5]")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Data-loading processes. [default: 0]")
 @click.option("--no-offset-loss", is_flag=True, help="Ablation: train without the L1 offset loss.")
 @click.option("--no-attention", is_flag=True, help="Ablation: no position/channel attention modules.")
-@click.option("--clahe", "clahe_prob", type=click.FloatRange(0, 1), default=0.0, help="Probability of CLAHE augmentation.")
+@click.option("--clahe", "clahe_prob", type=click.FloatRange(0, 1), default=None, help="Probability of CLAHE augmentation.")
 @click.option("--backbone-weights", type=click.Path(path_type=Path), default=None, help="Local backbone state-dict file.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=None, help="[default: 0]")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N. [default: auto]")
 @click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
 @click.option("--time-limit", "time_limit_min", type=float, default=None, help="Time budget in minutes: no epoch is started that would end past it.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue from a last.pt checkpoint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def train(data, out_dir, val_data, val_fraction, backbone, size, epochs, batch_size, lr, heatmap_loss, no_offset_loss,
-          no_attention, clahe_prob, backbone_weights, seed, device, no_amp, time_limit_min, resume, quiet) -> None:
+def train(data, out_dir, preset, val_data, val_fraction, backbone, size, epochs, batch_size, lr, heatmap_loss,
+          through_plane_sigma_mm, workers, no_offset_loss, no_attention, clahe_prob, backbone_weights, seed, device,
+          no_amp, time_limit_min, resume, quiet) -> None:
     """Train the keypoint-and-severity model on RSNA-layout data (multi-GPU: run under torchrun)."""
     import logging
 
-    from .training.train import TrainConfig, train as run_training
+    from .training.train import TrainConfig, preset_config, train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = TrainConfig(data=str(data), out=str(out_dir), val_data=str(val_data) if val_data else None,
-                      val_fraction=val_fraction, backbone=backbone, attention=not no_attention, size=size,
-                      epochs=epochs, batch_size=batch_size, lr=lr, heatmap_loss=heatmap_loss,
-                      offset_loss=not no_offset_loss, clahe_prob=clahe_prob,
-                      backbone_weights=str(backbone_weights) if backbone_weights else None, seed=seed,
-                      device=device, amp=not no_amp, time_limit_min=time_limit_min)
+    given = dict(val_fraction=val_fraction, backbone=backbone, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
+                 heatmap_loss=heatmap_loss, through_plane_sigma_mm=through_plane_sigma_mm, workers=workers,
+                 clahe_prob=clahe_prob, seed=seed, device=device, time_limit_min=time_limit_min,
+                 backbone_weights=str(backbone_weights) if backbone_weights else None)
+    values = {k: v for k, v in given.items() if v is not None}
+    values.update(data=str(data), out=str(out_dir), val_data=str(val_data) if val_data else None)
+    for flag, key in ((no_attention, "attention"), (no_offset_loss, "offset_loss"), (no_amp, "amp")):
+        if flag:
+            values[key] = False
+    cfg = preset_config(preset, **values) if preset else TrainConfig(**values)
     result = run_training(cfg, resume=resume, progress=not quiet)
     best = ", ".join(f"{k}={v:.4g}" for k, v in result.best.items() if k.startswith("val_"))
     click.echo(f"best epoch {result.best_epoch + 1}: {best or 'no validation set'}")

@@ -16,8 +16,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .aggregate import (SHARED_POINT_MM, SlicePeaks, axial_findings, axial_slices_for_levels, midline_from_canal,
-                        sagittal_t1_findings, sagittal_t2_findings, shared_points)
+from .aggregate import (AggregationConfig, SlicePeaks, axial_findings, axial_slices_for_levels, foramina_midline,
+                        midline_from_canal,
+                        sagittal_t1_findings, sagittal_t2_findings, shared_point_warning, shared_points)
 from .errors import InputError, LumbarEdgeError
 from .labels import CONDITIONS, LEVELS, HeadLayout, level_title
 from .preprocess import PreprocessConfig, channel_indices, preprocess_stack
@@ -40,8 +41,9 @@ class Pipeline:
     """
 
     def __init__(self, bundle, engine, *, batch_size: int = 8, selection=DEFAULT_SELECTION,
-                 keep_heatmaps: bool = False):
+                 keep_heatmaps: bool = False, aggregation: AggregationConfig = AggregationConfig()):
         self.bundle = bundle
+        self.aggregation = aggregation
         self.engine = engine
         self.batch_size = batch_size
         self.selection = selection
@@ -205,22 +207,30 @@ class Pipeline:
                 if key not in slices:
                     slices[key] = prepared.pixels(series, p.slice_index)
 
+        # Both sagittal views are inferred first: the canal is looked for near the midline
+        # between the T1 foramina, and the foramina are held to the canal's levels.
+        views = {}
+        for view in ("sagittal_t2", "sagittal_t1"):
+            if view in chosen:
+                s = chosen[view]
+                sink = {} if self.keep_heatmaps else None
+                views[view] = (s, self._infer_slices(prepared, s, list(range(len(s.instances))), view, sink), sink)
+        config = self.aggregation
+        midline = foramina_midline(views["sagittal_t1"][0], views["sagittal_t1"][1], config) \
+            if "sagittal_t1" in views else None
         canal, foramina = {}, {}
-        if "sagittal_t2" in chosen:
-            s = chosen["sagittal_t2"]
-            sink = {} if self.keep_heatmaps else None
-            peaks = self._infer_slices(prepared, s, list(range(len(s.instances))), "sagittal_t2", sink)
-            canal = sagittal_t2_findings(s, peaks)
+        if "sagittal_t2" in views:
+            s, peaks, sink = views["sagittal_t2"]
+            canal = sagittal_t2_findings(s, peaks, config, midline)
             for level, r in canal.items():
                 readings[f"spinal_canal_stenosis_{level}"] = r
             keep(s, [p for p in peaks if any(r[0].sop_uid == p.instance.sop_uid for r in canal.values())])
             if sink is not None:
                 self._keep_maps(heatmaps, s, peaks, sink, canal, lambda lv: f"spinal_canal_stenosis_{lv}", LEVELS)
-        if "sagittal_t1" in chosen:
-            s = chosen["sagittal_t1"]
-            sink = {} if self.keep_heatmaps else None
-            peaks = self._infer_slices(prepared, s, list(range(len(s.instances))), "sagittal_t1", sink)
-            foramina = sagittal_t1_findings(s, peaks, midline_from_canal(canal))
+        if "sagittal_t1" in views:
+            s, peaks, _sink = views["sagittal_t1"]
+            foramina = sagittal_t1_findings(s, peaks, midline if midline is not None else midline_from_canal(canal),
+                                            config, canal)
             for (side, level), r in foramina.items():
                 readings[f"{side}_neural_foraminal_narrowing_{level}"] = r
             used = {r[0].sop_uid for r in foramina.values()}
@@ -350,10 +360,7 @@ def _shared_point_warnings(canal: Dict[str, Tuple], foramina: Dict[Tuple[str, st
     out = []
     for label, keypoints in views:
         for group in shared_points(keypoints):
-            names = ", ".join(level_title(lv) for lv in group)
-            out.append(f"{label}: {names} were placed within {SHARED_POINT_MM:g} mm of each other, where discs lie "
-                       f"30-45 mm apart; the model did not tell these levels apart, so their locations (and which "
-                       f"level each grade describes) are unreliable")
+            out.append(shared_point_warning(label, [level_title(lv) for lv in group]))
     return out
 
 

@@ -76,3 +76,107 @@ def test_ordered_assignment_is_none_when_the_levels_cannot_be_ordered():
     assert assign_ordered(column, np.zeros((5, 1)), 20.0) == [0, 0, 0, 0, 0]
     with pytest.raises(ValueError):
         assign_ordered(np.zeros((5, 3)), np.zeros((5, 2)))
+
+
+# --- study-level choice on real domain objects: sagittal slices along patient x (LPS), 1 mm pixels.
+
+from lumbar_edge.aggregate import (AggregationConfig, SlicePeaks, foramina_midline, sagittal_t1_findings,  # noqa: E402
+                                   sagittal_t2_findings, through_plane_scores)
+from lumbar_edge.dicom.model import Instance, Series  # noqa: E402
+from lumbar_edge.dicom.geometry import Plane  # noqa: E402
+from lumbar_edge.dicom.model import SeriesKind, Weighting  # noqa: E402
+from lumbar_edge.labels import LEVELS  # noqa: E402
+from lumbar_edge.preprocess import Letterbox  # noqa: E402
+
+#: Row direction +y (posterior), column direction -z (down): pixel (x, y) is patient
+#: (slice x, x - 100, 100 - y); the normal is -x.
+SAGITTAL_IOP = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0, 256, 256)
+
+
+def _sagittal_series(xs_mm, uid="1.2.3"):
+    instances = [Instance(file=f"/nonexistent/{i}.dcm", sop_uid=f"{uid}.{i}", instance_number=i + 1, rows=256,
+                          columns=256, image_position=(float(x), -100.0, 100.0), image_orientation=SAGITTAL_IOP,
+                          pixel_spacing=(1.0, 1.0), position=-float(x)) for i, x in enumerate(xs_mm)]
+    order = sorted(range(len(instances)), key=lambda i: instances[i].position)
+    return Series(series_uid=uid, series_id="7", series_number=7, description="", kind=SeriesKind.SAGITTAL_T2,
+                  plane=Plane.SAGITTAL, weighting=Weighting.T2, instances=[instances[i] for i in order],
+                  spacing=4.0, rows=256, columns=256, pixel_spacing=(1.0, 1.0), normal=np.array([-1.0, 0.0, 0.0]))
+
+
+def _peaks(series, xy_by_slice, score_by_slice):
+    """SlicePeaks for each slice index: xy [K, 2] pixels and scores [K]."""
+    return [SlicePeaks(slice_index=i, instance=series.instances[i], letterbox=IDENTITY,
+                       xy=np.asarray(xy_by_slice[i], dtype=np.float64), score=np.asarray(score_by_slice[i], dtype=np.float64),
+                       probs=np.tile([0.7, 0.2, 0.1], (len(score_by_slice[i]), 1)))
+            for i in range(len(series.instances))]
+
+
+def test_through_plane_profile_picks_the_centre_of_a_plateau_and_discounts_a_lone_peak():
+    x = np.arange(7) * 4.0
+    pts = np.zeros((1, 7, 3))
+    pts[0, :, 0] = x
+    pts[0, :, 1:] = (10.0, 50.0)
+    pts[0, 6, 1:] = (40.0, 80.0)  # the last slice's peak lies elsewhere in the plane
+    raw = np.array([[0.1, 0.3, 0.5, 0.45, 0.55, 0.1, 0.7]])
+    got = through_plane_scores(pts, raw, (1.0, 0.0, 0.0), sigma_mm=4.0, radius_mm=6.0)
+    assert int(np.argmax(raw)) == 6 and int(np.argmax(got)) == 3
+    assert got[0, 6] < got[0, 3]
+    assert np.array_equal(through_plane_scores(pts, raw, (1.0, 0.0, 0.0), 0.0, 6.0), raw)
+
+
+def _canal_layout(heights):
+    # Five canal points down the spine at pixel x = 120, y = 100 - z.
+    return [[120.0, 100.0 - z] for z in heights]
+
+
+def test_the_canal_is_taken_near_the_midline_between_the_foramina():
+    xs = np.arange(-16, 17, 4.0)  # 9 slices, 4 mm apart
+    heights = [80.0, 40.0, 0.0, -40.0, -80.0]
+    t1 = _sagittal_series(xs, "1.2.4")
+    foramen = {-12.0: 0.8, 12.0: 0.7, -8.0: 0.3, 8.0: 0.3}
+    t1_peaks = _peaks(t1, {i: _canal_layout(heights) for i in range(9)},
+                      {i: [foramen.get(float(-inst.position), 0.05)] * 5 for i, inst in enumerate(t1.instances)})
+    midline = foramina_midline(t1, t1_peaks)
+    assert midline == pytest.approx(0.0)
+    # The canal channels light up most on a lateral slice (x = 12 mm) and a little less on the
+    # midline: without the midline the lateral slice wins.
+    t2 = _sagittal_series(xs, "1.2.5")
+    canal = {12.0: 0.6, 0.0: 0.5, 4.0: 0.35, -4.0: 0.35}
+    t2_peaks = _peaks(t2, {i: _canal_layout(heights) for i in range(9)},
+                      {i: [canal.get(float(-inst.position), 0.02)] * 5 for i, inst in enumerate(t2.instances)})
+    no_prior = AggregationConfig(profile_sigma_mm=0.0)
+    lateral = sagittal_t2_findings(t2, t2_peaks, no_prior, None)
+    assert {kp.patient_mm[0] for kp, _ in lateral.values()} == {12.0}
+    central = sagittal_t2_findings(t2, t2_peaks, no_prior, midline)
+    assert {kp.patient_mm[0] for kp, _ in central.values()} == {0.0}
+    for k, lv in enumerate(LEVELS):
+        assert central[lv][0].patient_mm[2] == pytest.approx(heights[k])
+    # Without a pair of foramina the right distance apart there is no midline.
+    assert foramina_midline(t1, t1_peaks, AggregationConfig(foramen_gap_mm=(40.0, 80.0))) is None
+
+
+def test_foramina_named_one_level_off_are_held_to_the_canal_levels():
+    xs = np.array([-12.0, -8.0, 8.0, 12.0])
+    heights = [80.0, 40.0, 0.0, -40.0, -80.0, -120.0]  # the sixth: one disc below the last level
+    t1 = _sagittal_series(xs, "1.2.6")
+    # On every slice, channel k peaks at disc k + 1 (score 0.6) except on the two inner slices,
+    # where each channel peaks on its own disc with 0.4: a network one level off.
+    xy, score = {}, {}
+    for i, inst in enumerate(t1.instances):
+        inner = abs(inst.position) < 10
+        xy[i] = _canal_layout(heights[:5] if inner else heights[1:])
+        score[i] = [0.4 if inner else 0.6] * 5
+    peaks = _peaks(t1, xy, score)
+    from lumbar_edge.results import Keypoint
+    canal = {lv: (Keypoint("1.2.5", "5", "x", 1, 120.0, 100.0 - z, (0.0, 20.0, z), 0.9), (0.7, 0.2, 0.1))
+             for lv, z in zip(LEVELS, heights)}
+    config = AggregationConfig(profile_sigma_mm=0.0)
+    off = sagittal_t1_findings(t1, peaks, 0.0, AggregationConfig(profile_sigma_mm=0.0, level_sigma_mm=0.0), canal)
+    held = sagittal_t1_findings(t1, peaks, 0.0, config, canal)
+    for side in ("left", "right"):
+        for k, lv in enumerate(LEVELS):
+            assert off[(side, lv)][0].patient_mm[2] == pytest.approx(heights[k + 1])
+            assert held[(side, lv)][0].patient_mm[2] == pytest.approx(heights[k])
+    # Left is +x (LPS): the sides come from the slices' positions against the midline.
+    assert all(held[("left", lv)][0].patient_mm[0] > 0 > held[("right", lv)][0].patient_mm[0] for lv in LEVELS)

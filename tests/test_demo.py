@@ -14,7 +14,8 @@ from lumbar_edge.labels import CONDITIONS, LEVELS
 def test_demo_makes_a_bundle_reports_csv_and_overlays(tmp_path):
     out = tmp_path / "demo"
     lines = []
-    config = DemoConfig(train_studies=3, val_studies=2, size=64, epochs=1, batch_size=4, width=8, tiny=True)
+    config = DemoConfig(train_studies=3, val_studies=2, tiny=True,
+                        overrides=(("size", 64), ("epochs", 1), ("batch_size", 4), ("width", 8)))
     figures = run_demo(out, config, progress=False, echo=lines.append)
 
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
@@ -43,10 +44,23 @@ def test_demo_makes_a_bundle_reports_csv_and_overlays(tmp_path):
         assert width >= 64 and height >= 64
     assert json.loads((out / "demo.json").read_text())["studies_ok"] == 2
     assert any("NOT FOR CLINICAL USE" in line for line in lines)
-    # The end-to-end figures score the run's own CSV and reports against the held-out labels.
+    # The end-to-end figures score the run's own CSV and reports against the held-out labels,
+    # per view (an all-views figure can hide one view far off), beside the class prior's score.
     assert figures["pipeline_score"] > 0 and figures["pipeline_keypoints"] > 0
+    assert figures["pipeline_prior_score"] > 0
     assert 0 <= figures["pipeline_keypoints_far"] <= figures["pipeline_keypoints"]
-    assert any(line.strip().startswith("end to end (study folders in") for line in lines)
+    assert set(figures["pipeline_views"]) <= {"spinal", "foraminal", "subarticular"} and figures["pipeline_views"]
+    for view in figures["pipeline_views"].values():
+        assert {"median_px", "within_px", "near_labelled_slice", "far", "n"} <= set(view)
+    text = "\n".join(lines)
+    assert "end to end on the 2 held-out studies" in text and "for the class prior" in text
+    rows = {"spinal": "spinal canal (sagittal T2)", "foraminal": "foramina (sagittal T1)",
+            "subarticular": "subarticular (axial T2)"}
+    for group, name in rows.items():
+        assert any(line.strip().startswith(name) for line in lines) == (group in figures["pipeline_views"])
+    assert any(line.strip().startswith("reports warning that levels share a point:") for line in lines)
+    saved = json.loads((out / "demo.json").read_text())
+    assert saved["pipeline_views"].keys() == figures["pipeline_views"].keys()
 
 
 def test_demo_refuses_a_folder_that_is_not_empty(tmp_path):

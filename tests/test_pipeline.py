@@ -41,12 +41,30 @@ def test_run_study_gives_25_findings_with_consistent_geometry(tiny_rsna, tiny_bu
         result = pipe.run_study(study)
     assert [(f.condition, f.level) for f in result.findings] == [(c, lv) for c in CONDITIONS for lv in LEVELS]
     assert result.study_id == study.study_id
-    # The tiny test model may put two levels on one point, which the report says; nothing else
-    # about this complete study deserves a warning.
-    assert all(" were placed within " in w for w in result.warnings), result.warnings
     assert set(result.series_used) == {"sagittal_t2", "sagittal_t1", "axial_t2"}
     series_by_uid = {s.series_uid: s for s in study.series}
+    axial = series_by_uid[result.series_used["axial_t2"]]
+    # Where the one-epoch model puts its canal points depends on the CPU's floating-point path,
+    # so which levels the axial stack covers is read off the result, not assumed: a level is
+    # covered when an axial slice lies within two slice spacings + 2 mm of its canal point.
+    reach = 2.0 * float(axial.spacing) + 2.0
+    covered = {lv for lv in LEVELS
+               if min(abs(float(i.geometry.patient_to_pixel(
+                   np.asarray(result.finding("spinal_canal_stenosis", lv).keypoint.patient_mm))[2]))
+                   for i in axial.instances) <= reach}
+    uncovered = [lv for lv in LEVELS if lv not in covered]
+    # The report may say that the model put two levels on one point, and which levels the axial
+    # series does not cover; nothing else about this complete study deserves a warning.
+    for w in result.warnings:
+        assert " were placed within " in w or (uncovered and w.startswith("the axial series does not cover ")), w
+    coverage = [w for w in result.warnings if w.startswith("the axial series does not cover ")]
+    assert bool(coverage) == bool(uncovered)
+    if uncovered:
+        assert coverage[0].split(";")[0].endswith(", ".join(lv.upper().replace("_", "/") for lv in uncovered))
     for f in result.findings:
+        if "subarticular" in f.condition and f.level not in covered:
+            assert f.source == "prior" and f.keypoint is None
+            continue
         assert f.source == "model"
         assert abs(sum(f.probabilities) - 1) < 1e-6 and min(f.probabilities) >= 0
         kp = f.keypoint
@@ -63,9 +81,8 @@ def test_run_study_gives_25_findings_with_consistent_geometry(tiny_rsna, tiny_bu
     right = [result.finding("right_neural_foraminal_narrowing", lv).keypoint.patient_mm[0] for lv in LEVELS]
     assert min(left) > max(right)
     # Each axial finding sits on the axial slice nearest that level's canal point.
-    for lv in LEVELS:
+    for lv in sorted(covered):
         disc = np.asarray(result.finding("spinal_canal_stenosis", lv).keypoint.patient_mm)
-        axial = series_by_uid[result.series_used["axial_t2"]]
         dists = [abs(float(i.geometry.patient_to_pixel(disc)[2])) for i in axial.instances]
         chosen = result.finding("left_subarticular_stenosis", lv).keypoint.sop_uid
         assert axial.instances[int(np.argmin(dists))].sop_uid == chosen

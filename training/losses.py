@@ -10,7 +10,9 @@ key                 shape        dtype  meaning
                                         of a present keypoint, all 0 for an absent one
 ``keypoint_index``  [N, K]       long   flat index ``iy * w + ix`` of the cell holding keypoint k
                                         (any value in range when the keypoint is absent)
-``keypoint_mask``   [N, K]       float  1 when keypoint k is present in this image, else 0
+``keypoint_mask``   [N, K]       float  keypoint k's weight in this image: 1 on its labelled slice,
+                                        0 when absent, in between on slices beside the label (the
+                                        through-plane weight, which is also the target's peak)
 ``offset``          [N, K, 2]    float  sub-cell position (dx, dy) of the keypoint, in [0, 1)
 ``severity``        [N, K]       long   class 0/1/2 (normal-mild/moderate/severe), -1 = unlabelled
 ``channel_mask``    [N, K]       float  optional: 1 where heatmap channel k is supervised for this
@@ -19,7 +21,11 @@ key                 shape        dtype  meaning
 ==================  ===========  =====  ===========================================================
 
 Positives of the heatmap loss are taken from ``keypoint_index``/``keypoint_mask`` (not from
-``heatmap == 1``), so they never depend on float rounding in the rendered Gaussian.
+``heatmap == 1``), so they never depend on float rounding in the rendered Gaussian. A keypoint of
+weight ``w < 1`` is a soft positive: its peak cell counts ``w`` as a positive and ``1 - w`` (times
+the focal down-weighting of the target ``w``) as a negative, so the score the network learns
+there falls with the distance from the labelled slice; with weights 0 and 1 only, every loss is
+exactly CenterNet's.
 
 The severity logits of keypoint ``k`` are group ``keypoint_groups[k]``, i.e. channels
 ``3g .. 3g + 2`` of the severity output (``View.severity_group(k)``, or for a network serving
@@ -145,6 +151,28 @@ def offset_l1_loss(offset: torch.Tensor, target: torch.Tensor, keypoint_index: t
     return diff.sum() / (2 * mask.sum()).clamp(min=1.0)
 
 
+def identity_loss(logits: torch.Tensor, keypoint_index: torch.Tensor, keypoint_mask: torch.Tensor,
+                  channel_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Which keypoint type is at a keypoint's cell: cross-entropy over the heatmap channels there.
+
+    At the cell of keypoint ``k`` the logits of every channel supervised for the image (its view's
+    channels, ``channel_mask``) compete, and channel ``k`` must win: the disc levels of a view look
+    alike, and this teaches the network which level a disc is directly, where the focal loss only
+    sees each channel on its own. Weighted by ``keypoint_mask`` (the through-plane weights) and
+    averaged over them; 0 when no keypoint is present.
+    """
+    n, k, h, w = logits.shape
+    flat = logits.reshape(n, k, h * w)
+    idx = keypoint_index.clamp(0, h * w - 1)
+    at = flat.gather(2, idx[:, None, :].expand(n, k, k)).transpose(1, 2)  # [N, keypoint, channel]
+    compete = torch.ones(n, k, dtype=torch.bool, device=logits.device) if channel_mask is None else channel_mask > 0
+    at = at.masked_fill(~compete[:, None, :], float("-inf"))
+    nll = -torch.log_softmax(at, dim=-1).diagonal(dim1=1, dim2=2)  # [N, keypoint]
+    weight = keypoint_mask.to(logits.dtype) * compete.to(logits.dtype)
+    nll = torch.where(weight > 0, nll, torch.zeros_like(nll))
+    return (nll * weight).sum() / weight.sum().clamp(min=1e-12)
+
+
 def gather_severity_logits(severity: torch.Tensor, keypoint_index: torch.Tensor,
                            keypoint_groups: torch.Tensor) -> torch.Tensor:
     """[N, K, 3] logits: for keypoint k, group ``keypoint_groups[k]`` read at its cell."""
@@ -160,15 +188,15 @@ def severity_loss(severity: torch.Tensor, target: torch.Tensor, keypoint_index: 
                   class_weights: torch.Tensor) -> torch.Tensor:
     """Class-weighted cross-entropy of the severity logits read at present, labelled keypoints.
 
-    ``sum_i w[y_i] * -log softmax(z_i)[y_i] / sum_i w[y_i]`` over keypoints with mask 1 and
-    ``target >= 0``: the competition's sample-weighted log loss (weights 1/2/4 by true class).
-    0 when no keypoint is labelled.
+    ``sum_i m_i w[y_i] * -log softmax(z_i)[y_i] / sum_i m_i w[y_i]`` over keypoints with
+    ``target >= 0``, ``m_i`` the keypoint mask (its weight): the competition's sample-weighted
+    log loss (weights 1/2/4 by true class). 0 when no keypoint is labelled.
     """
     logits = gather_severity_logits(severity, keypoint_index, keypoint_groups)
     valid = (target >= 0) & (keypoint_mask > 0)
     safe_target = target.clamp(min=0)
     nll = -torch.log_softmax(logits, dim=-1).gather(-1, safe_target.unsqueeze(-1)).squeeze(-1)
-    w = class_weights.to(logits.dtype)[safe_target] * valid.to(logits.dtype)
+    w = class_weights.to(logits.dtype)[safe_target] * valid.to(logits.dtype) * keypoint_mask.to(logits.dtype)
     return (w * nll).sum() / w.sum().clamp(min=1e-12)
 
 
@@ -178,13 +206,14 @@ class KeypointLoss(nn.Module):
     ``heatmap``: ``"focal"`` (CenterNet, ``alpha``/``beta``) or ``"bce"``; ``offset``: whether the
     offset loss is part of the total; ``keypoint_groups``: severity group of each keypoint type
     (default: all 0, one condition group); ``severity_class_weights``: the competition's 1/2/4.
-    ``parts`` holds detached tensors ``heatmap``, ``offset``, ``severity`` (unweighted) and
-    ``total``. Raises :class:`InputError` for an unknown heatmap loss, and for outputs that do not
+    ``identity_weight``: weight of :func:`identity_loss` (0: CenterNet's losses only).
+    ``parts`` holds detached tensors ``heatmap``, ``offset``, ``severity``, ``identity``
+    (unweighted) and ``total``. Raises :class:`InputError` for an unknown heatmap loss, and for outputs that do not
     match ``keypoint_groups``.
     """
 
     def __init__(self, heatmap: str = "focal", offset: bool = True, heatmap_weight: float = 1.0,
-                 offset_weight: float = 1.0, severity_weight: float = 1.0,
+                 offset_weight: float = 1.0, severity_weight: float = 1.0, identity_weight: float = 0.0,
                  keypoint_groups: Optional[Sequence[int]] = None,
                  severity_class_weights: Sequence[float] = SEVERITY_WEIGHTS,
                  alpha: float = 2.0, beta: float = 4.0):
@@ -198,6 +227,7 @@ class KeypointLoss(nn.Module):
         self.heatmap_weight = float(heatmap_weight)
         self.offset_weight = float(offset_weight)
         self.severity_weight = float(severity_weight)
+        self.identity_weight = float(identity_weight)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.register_buffer("class_weights", torch.tensor([float(v) for v in severity_class_weights]),
@@ -233,8 +263,12 @@ class KeypointLoss(nn.Module):
         off = offset_l1_loss(offset, t.offset, index, t.keypoint_mask)
         groups = self._groups(k, severity.shape[1] // 3, severity.device)
         sev = severity_loss(severity, t.severity.long(), index, t.keypoint_mask, groups, self.class_weights)
+        ident = identity_loss(heatmap, index, t.keypoint_mask, t.channel_mask)
         total = self.heatmap_weight * hm + self.severity_weight * sev
         if self.use_offset:
             total = total + self.offset_weight * off
-        parts = {"heatmap": hm.detach(), "offset": off.detach(), "severity": sev.detach(), "total": total.detach()}
+        if self.identity_weight:
+            total = total + self.identity_weight * ident
+        parts = {"heatmap": hm.detach(), "offset": off.detach(), "severity": sev.detach(), "identity": ident.detach(),
+                 "total": total.detach()}
         return total, parts

@@ -511,6 +511,9 @@ def score_submission(pred_csv_path: PathLike, labels_csv_path: PathLike, only_pr
 #: synthetic discs are some 40 px apart); the count of such keypoints shows level confusions
 #: that a median hides.
 FAR_PX = 20.0
+#: "On the point": the localisation target of the project (issue 13) is the share of keypoints
+#: within this many source pixels of their label, per view.
+NEAR_PX = 5.0
 
 
 def report_localisation(reports_dir: PathLike, coordinates_csv: PathLike, far_px: float = FAR_PX) -> dict:
@@ -519,23 +522,32 @@ def report_localisation(reports_dir: PathLike, coordinates_csv: PathLike, far_px
 
     Each labelled (study, condition, level) with a report keypoint in the labelled series is
     compared in source pixels (x, y of the slice; the slice itself may differ). Returns
-    ``{"groups": {group: stats + "far" + "on_labelled_slice"}, "overall": ..., "n_reports",
-    "n_unmatched"}`` (stats as :func:`localisation_error`; groups spinal / foraminal /
-    subarticular); ``n_unmatched`` counts labels with no keypoint from the model in that series
-    (prior-based findings, another series, a study without a report). Raises :class:`InputError`
-    when the folder holds no study report or the CSV lacks a column.
+    ``{"groups": {group: stats + "far" + "within_px" + "on_labelled_slice" + "near_labelled_slice"},
+    "overall": ..., "n_reports", "n_unmatched", "shared_point_reports"}`` (stats as
+    :func:`localisation_error`; groups spinal / foraminal / subarticular, i.e. the sagittal T2,
+    sagittal T1 and axial T2 views). ``within_px`` is the share within :data:`NEAR_PX` pixels,
+    ``near_labelled_slice`` the share on the labelled instance or one next to it (instance
+    numbers differing by at most 1); ``n_unmatched`` counts labels with no keypoint from the model
+    in that series (prior-based findings, another series, a study without a report);
+    ``shared_point_reports`` lists the studies whose report warns that levels share a point.
+    Raises :class:`InputError` when the folder holds no study report or the CSV lacks a column.
     """
     from lumbar_edge.labels import condition_from_title, level_from_title
     from lumbar_edge.report.json_report import ReportError, read_study_json
 
+    from lumbar_edge.aggregate import is_shared_point_warning
+
     found: Dict[Tuple[str, str, str], dict] = {}
     reports = 0
+    shared: List[str] = []
     for path in sorted(Path(reports_dir).glob("*.json")):
         try:
             doc = read_study_json(path)
         except ReportError:
             continue  # the run's summary and other JSON files beside the reports
         reports += 1
+        if any(is_shared_point_warning(w) for w in doc.get("warnings", [])):
+            shared.append(str(doc["study_id"]))
         for f in doc["findings"]:
             if f.get("keypoint"):
                 found[(str(doc["study_id"]), f["condition"], f["level"])] = f["keypoint"]
@@ -545,7 +557,7 @@ def report_localisation(reports_dir: PathLike, coordinates_csv: PathLike, far_px
     missing = {"study_id", "series_id", "instance_number", "condition", "level", "x", "y"} - set(header)
     if missing:
         raise InputError(f"{coordinates_csv} lacks the column(s) {', '.join(sorted(missing))}")
-    pred, true, groups, same_slice, unmatched = [], [], [], [], 0
+    pred, true, groups, slice_gap, unmatched = [], [], [], [], 0
     for row in rows:
         key = (row["study_id"].strip(), condition_from_title(row["condition"]), level_from_title(row["level"]))
         kp = found.get(key)
@@ -555,31 +567,49 @@ def report_localisation(reports_dir: PathLike, coordinates_csv: PathLike, far_px
         pred.append((kp["x"], kp["y"]))
         true.append((float(row["x"]), float(row["y"])))
         groups.append(condition_group(key[1]))
-        same_slice.append(int(kp["instance_number"]) == int(float(row["instance_number"])))
+        slice_gap.append(abs(int(kp["instance_number"]) - int(float(row["instance_number"]))))
     err = localisation_error(np.array(pred), np.array(true), levels=groups)
     px = np.hypot(*(np.array(pred) - np.array(true)).T) if pred else np.zeros(0)
     g = np.array(groups, dtype=object)
-    same = np.array(same_slice, dtype=bool)
+    gap = np.array(slice_gap, dtype=np.int64)
+
+    def share(values: np.ndarray) -> float:
+        return float(values.mean()) if len(values) else float("nan")
 
     def extra(stats: dict, sel: np.ndarray) -> dict:
-        return dict(stats, far=int((px[sel] > far_px).sum()),
-                    on_labelled_slice=float(same[sel].mean()) if sel.any() else float("nan"))
+        return dict(stats, far=int((px[sel] > far_px).sum()), within_px=share(px[sel] <= NEAR_PX),
+                    on_labelled_slice=share(gap[sel] == 0), near_labelled_slice=share(gap[sel] <= 1))
 
     order = [k for k in ("spinal", "foraminal", "subarticular") if k in err["per_level"]]
     return {"groups": {k: extra(err["per_level"][k], g == k) for k in order},
             "overall": extra(err["overall"], np.ones(len(px), dtype=bool)),
-            "far_px": far_px, "n_reports": reports, "n_unmatched": unmatched}
+            "far_px": far_px, "near_px": NEAR_PX, "n_reports": reports, "n_unmatched": unmatched,
+            "shared_point_reports": shared}
 
 
 def format_localisation(result: Mapping[str, object]) -> str:
     """A table of :func:`report_localisation`'s result."""
+    near = result.get("near_px", NEAR_PX)
     lines = [f"keypoints against the labels (source pixels; far = more than {result['far_px']:g} px), "
              f"{result['n_reports']} reports, {result['n_unmatched']} labels without a model keypoint in their series",
-             f"{'group':<14}{'n':>5}{'median px':>11}{'mean px':>9}{'far':>6}{'on labelled slice':>19}"]
+             f"{'view':<28}{'n':>5}{'median px':>11}{f'<= {near:g} px':>9}{'far':>6}{'on slice':>10}{'slice +-1':>11}"]
     for name, st in list(result["groups"].items()) + [("all", result["overall"])]:
-        lines.append(f"{name:<14}{st['n']:>5}{_fmt(st['median_px'], 11)}{_fmt(st['mean_px'], 9)}{st['far']:>6}"
-                     f"{st['on_labelled_slice'] * 100:>18.0f}%")
+        lines.append(f"{VIEW_OF_GROUP.get(name, name):<28}{st['n']:>5}{_fmt(st['median_px'], 11)}"
+                     f"{_pct(st['within_px'], 9)}{st['far']:>6}{_pct(st['on_labelled_slice'], 10)}"
+                     f"{_pct(st['near_labelled_slice'], 11)}")
+    shared = result.get("shared_point_reports", [])
+    lines.append(f"reports warning that levels share a point: {len(shared)} of {result['n_reports']}"
+                 + (f" ({', '.join(shared)})" if shared else ""))
     return "\n".join(lines)
+
+
+#: The view each condition group is read on, for tables.
+VIEW_OF_GROUP = {"spinal": "spinal canal (sagittal T2)", "foraminal": "foramina (sagittal T1)",
+                 "subarticular": "subarticular (axial T2)"}
+
+
+def _pct(value: float, width: int) -> str:
+    return f"{'n/a':>{width}}" if not np.isfinite(value) else f"{value * 100:>{width - 1}.1f}%"
 
 
 def class_priors(labels: Labels) -> Dict[str, np.ndarray]:

@@ -10,9 +10,13 @@ tuple ``(heatmap, offset, severity)``, all at stride 4 (``h = ceil(H / 4)``, ``w
   logits of condition group ``g``, read at a keypoint's cell.
 
 Architecture: ResNet-18/34/50 (torchvision-compatible parameter names, so a local torchvision
-state dict loads with :func:`load_backbone_weights`), output stride 16 (layer4 dilated by 2),
-ASPP with atrous rates (6, 12, 18) plus image pooling, optional DANet position (PAM) and channel
-(CAM) attention on the ASPP output, and the DeepLabV3+ decoder fusing layer1 (stride 4) features.
+state dict loads with :func:`load_backbone_weights`), encoder output stride 16 (layer4 dilated by
+2) or 32 (layer4 strided, a third less compute: the CPU preset), ASPP with atrous rates (6, 12,
+18) plus image pooling, optional DANet position (PAM) and channel (CAM) attention on the ASPP
+output, and the DeepLabV3+ decoder fusing layer1 (stride 4) features. Optional coordinate
+channels (CoordConv: x and y from -1 to 1 across the map) join the encoder output and the
+decoder input: convolutions and DANet attention are blind to where they are in the image, and
+which disc level a structure is depends on where it lies on the spine.
 
 Export notes: the forward has no Python control flow on tensor shapes; resizes take their target
 size from another tensor (ONNX ``Resize`` with ``sizes``), the image pooling is a global average
@@ -94,15 +98,16 @@ BACKBONES: Mapping[str, Tuple[Type[nn.Module], Tuple[int, int, int, int]]] = {
 
 
 class ResNet(nn.Module):
-    """ResNet trunk at output stride 16: layer4 keeps stride 1 and dilates its 3x3 convs by 2.
+    """ResNet trunk at output stride 16 (layer4 keeps stride 1 and dilates its 3x3 convs by 2) or
+    32 (the plain ResNet).
 
     Parameter names match torchvision's ``resnet18/34/50`` (without ``fc``). ``width`` is the
     channel count of the stem and layer1 (64 in the standard ResNet); stages double it.
-    ``forward`` returns ``(layer1 output at stride 4, layer4 output at stride 16)``.
+    ``forward`` returns ``(layer1 output at stride 4, layer4 output at the output stride)``.
     """
 
     def __init__(self, block: Type[nn.Module], layers: Tuple[int, int, int, int], in_channels: int = 3,
-                 width: int = 64):
+                 width: int = 64, output_stride: int = 16):
         super().__init__()
         self.inplanes = width
         self.dilation = 1
@@ -114,7 +119,7 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
         self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
         # Output stride 16: replace layer4's stride by dilation (DeepLabV3 "multi-grid" off).
-        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2, dilate=True)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2, dilate=output_stride == 16)
         self.low_level_channels = width * block.expansion
         self.out_channels = width * 8 * block.expansion
 
@@ -150,6 +155,24 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
+
+
+class CoordChannels(nn.Module):
+    """Appends two channels to a feature map: x and y running linearly from -1 to 1 across it.
+
+    The ramps are a constant 2x2 map resized to the feature map's size (bilinear, corners
+    aligned, so the ends are exactly -1 and 1) and broadcast over the batch: ONNX ``Resize`` with
+    sizes from the tensor and ``Add``, which every runtime of the project has, no shape arithmetic
+    in Python."""
+
+    def __init__(self):
+        super().__init__()
+        ramp = torch.tensor([[[-1.0, 1.0], [-1.0, 1.0]], [[-1.0, -1.0], [1.0, 1.0]]]).unsqueeze(0)
+        self.register_buffer("ramp", ramp, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coords = F.interpolate(self.ramp.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=True)
+        return torch.cat([x, x[:, :2] * 0 + coords], dim=1)
 
 
 class ASPPPooling(nn.Module):
@@ -287,6 +310,8 @@ class ModelConfig:
     aspp_dropout: float = 0.1
     # logit(0.1): CenterNet's prior so the focal loss starts near its background equilibrium.
     heatmap_bias: float = -2.19
+    output_stride: int = 16
+    coord_channels: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -299,8 +324,11 @@ class ModelConfig:
                 raise InputError(f"model config {name} must be a positive integer, got {value!r}")
         if not self.aspp_rates or any(r < 1 for r in self.aspp_rates):
             raise InputError(f"model config aspp_rates must be positive integers, got {self.aspp_rates}")
-        if not isinstance(self.attention, bool):
-            raise InputError(f"model config attention must be true or false, got {self.attention!r}")
+        for name in ("attention", "coord_channels"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"model config {name} must be true or false, got {getattr(self, name)!r}")
+        if self.output_stride not in (16, 32):
+            raise InputError(f"model config output_stride must be 16 or 32, got {self.output_stride!r}")
         if not 0.0 <= float(self.aspp_dropout) < 1.0:
             raise InputError(f"model config aspp_dropout must be in [0, 1), got {self.aspp_dropout}")
 
@@ -333,13 +361,16 @@ class LumbarNet(nn.Module):
         super().__init__()
         self.config = config
         block, layers = BACKBONES[config.backbone]
-        self.backbone = ResNet(block, layers, in_channels=config.in_channels, width=config.width)
+        self.backbone = ResNet(block, layers, in_channels=config.in_channels, width=config.width,
+                               output_stride=config.output_stride)
         dc = config.decoder_channels
-        self.aspp = ASPP(self.backbone.out_channels, dc, config.aspp_rates, config.aspp_dropout)
+        extra = 2 if config.coord_channels else 0
+        self.coords = CoordChannels() if config.coord_channels else nn.Identity()
+        self.aspp = ASPP(self.backbone.out_channels + extra, dc, config.aspp_rates, config.aspp_dropout)
         self.attention = DualAttention(dc) if config.attention else nn.Identity()
         self.low_proj = _conv_bn_relu(self.backbone.low_level_channels, config.low_level_channels, 1)
         self.decoder = nn.Sequential(
-            _conv_bn_relu(dc + config.low_level_channels, dc, 3),
+            _conv_bn_relu(dc + config.low_level_channels + extra, dc, 3),
             _conv_bn_relu(dc, dc, 3),
         )
         k, c, hc = config.num_keypoints, config.num_conditions, config.head_channels
@@ -364,9 +395,9 @@ class LumbarNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         low, high = self.backbone(image)
-        x = self.attention(self.aspp(high))
+        x = self.attention(self.aspp(self.coords(high)))
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.decoder(torch.cat([x, self.low_proj(low)], dim=1))
+        x = self.decoder(self.coords(torch.cat([x, self.low_proj(low)], dim=1)))
         return self.heatmap_head(x), self.offset_head(x), self.severity_head(x)
 
 

@@ -24,14 +24,17 @@ def make_targets(points: np.ndarray, present: np.ndarray, severity: np.ndarray, 
                  out_h: int, out_w: int, config: TargetConfig = TargetConfig()) -> Dict[str, np.ndarray]:
     """Targets for one image.
 
-    ``points`` [K, 2] model-input (x, y); ``present`` [K] bool (keypoint visible in this image);
-    ``severity`` [K] int class 0/1/2 or -1 when unlabelled; ``channel_mask`` [K] float, 1 for the
-    channels of the image's view (other views' channels are not supervised). A present keypoint
-    outside the output map counts as absent.
+    ``points`` [K, 2] model-input (x, y); ``present`` [K] bool (keypoint on this image) or float
+    through-plane weights in [0, 1] (:mod:`.data`: 1 on the labelled slice, less on slices beside
+    it, 0 = absent); ``severity`` [K] int class 0/1/2 or -1 when unlabelled; ``channel_mask`` [K]
+    float, 1 for the channels of the image's view (other views' channels are not supervised). A
+    present keypoint outside the output map counts as absent.
 
-    Returns ``heatmap`` [K, h, w] float32 in [0, 1] with exactly 1 at each present keypoint's cell,
-    ``keypoint_index`` [K] int64 (iy * w + ix), ``keypoint_mask`` [K] float32, ``offset`` [K, 2]
-    float32, ``severity`` [K] int64 (-1 where the keypoint is absent), ``channel_mask`` [K] float32.
+    Returns ``heatmap`` [K, h, w] float32 in [0, 1]: a Gaussian whose peak, at each present
+    keypoint's cell, is the keypoint's weight (exactly 1 on its labelled slice);
+    ``keypoint_index`` [K] int64 (iy * w + ix), ``keypoint_mask`` [K] float32 (the weight),
+    ``offset`` [K, 2] float32, ``severity`` [K] int64 (-1 where the keypoint is absent),
+    ``channel_mask`` [K] float32.
     """
     k = len(points)
     heatmap = np.zeros((k, out_h, out_w), dtype=np.float32)
@@ -42,8 +45,9 @@ def make_targets(points: np.ndarray, present: np.ndarray, severity: np.ndarray, 
     ys = np.arange(out_h, dtype=np.float32)[:, None]
     xs = np.arange(out_w, dtype=np.float32)[None, :]
     radius = int(np.ceil(3 * config.sigma))
+    weight = np.clip(np.asarray(present, dtype=np.float32), 0.0, 1.0)
     for i in range(k):
-        if not present[i] or not np.all(np.isfinite(points[i])):
+        if not weight[i] > 0 or not np.all(np.isfinite(points[i])):
             continue
         cx, cy = points[i, 0] / config.stride, points[i, 1] / config.stride
         ix, iy = int(np.floor(cx)), int(np.floor(cy))
@@ -51,10 +55,10 @@ def make_targets(points: np.ndarray, present: np.ndarray, severity: np.ndarray, 
             continue
         y0, y1 = max(0, iy - radius), min(out_h, iy + radius + 1)
         x0, x1 = max(0, ix - radius), min(out_w, ix + radius + 1)
-        g = np.exp(-((xs[:, x0:x1] - ix) ** 2 + (ys[y0:y1] - iy) ** 2) / (2 * config.sigma ** 2))
+        g = weight[i] * np.exp(-((xs[:, x0:x1] - ix) ** 2 + (ys[y0:y1] - iy) ** 2) / (2 * config.sigma ** 2))
         heatmap[i, y0:y1, x0:x1] = np.maximum(heatmap[i, y0:y1, x0:x1], g)
         index[i] = iy * out_w + ix
-        mask[i] = 1.0
+        mask[i] = weight[i]
         offset[i] = (cx - ix, cy - iy)
         sev[i] = int(severity[i])
     return {

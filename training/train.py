@@ -26,10 +26,11 @@ from lumbar_edge.preprocess import PreprocessConfig
 from lumbar_edge.progress import Progress
 
 from .augment import AugmentConfig, augment_batch
-from .data import RsnaDataset, Sample, build_samples, split_studies
+from .data import RsnaDataset, Sample, SamplingConfig, build_samples, build_series, epoch_plan, split_studies
 from .evaluation import evaluate_samples
 from .losses import KeypointLoss
 from .model import ModelConfig, build_model, load_backbone_weights
+from .presets import PRESETS
 from .targets import TargetConfig, collate_targets, make_targets
 
 log = logging.getLogger("lumbar_edge.training")
@@ -47,6 +48,8 @@ class TrainConfig:
     backbone: str = "resnet18"
     attention: bool = True
     decoder_channels: int = 128
+    output_stride: int = 16  # encoder output stride: 16 (DeepLabV3+) or 32 (a third less compute)
+    coord_channels: bool = True  # CoordConv x/y channels at the encoder output and decoder input
     width: int = 64  # ResNet base width; 64 is the standard ResNet, smaller is for tests and quick runs
     backbone_weights: Optional[str] = None
     size: int = 256
@@ -57,18 +60,28 @@ class TrainConfig:
     weight_decay: float = 1e-4
     heatmap_loss: str = "focal"
     offset_loss: bool = True
+    identity_weight: float = 1.0  # losses.identity_loss: which level a disc is (0: CenterNet's losses only)
     sigma: float = 1.5
     augment: bool = True
     clahe_prob: float = 0.0
     seed: int = 0
-    amp: bool = True
+    amp: bool = True  # mixed precision where the device runs it natively (mixed_precision())
     device: str = "auto"
     time_limit_min: Optional[float] = None
     max_studies: Optional[int] = None
+    # Through-plane training (data.SamplingConfig): the target's Gaussian along the slice normal
+    # and, per view (sagittal T2, sagittal T1, axial T2), how each epoch draws slices.
+    through_plane_sigma_mm: float = 2.5
+    positives: Tuple[int, int, int] = (3, 4, 2)
+    neighbours: Tuple[int, int, int] = (1, 2, 0)
+    negatives: Tuple[int, int, int] = (2, 1, 1)
+    workers: int = 0  # data-loading processes (0: in the training process)
+    cache_pixels: bool = False  # keep decoded slices in memory (small datasets read every epoch)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["views"] = list(self.views)
+        for key in ("views", *_TUPLE_FIELDS):
+            d[key] = list(d[key])
         return d
 
     @classmethod
@@ -78,9 +91,15 @@ class TrainConfig:
         if unknown:
             raise InputError(f"unknown training options in config: {', '.join(sorted(unknown))}")
         d = dict(d)
-        if "views" in d:
-            d["views"] = tuple(d["views"])
+        for key in ("views", *_TUPLE_FIELDS):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(sigma_mm=self.through_plane_sigma_mm, positives=self.positives,
+                              neighbours=self.neighbours, negatives=self.negatives)
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -94,7 +113,22 @@ class TrainConfig:
         layout = self.layout
         return ModelConfig(backbone=self.backbone, in_channels=self.in_channels, num_keypoints=layout.num_keypoints,
                            num_conditions=layout.num_conditions, attention=self.attention,
-                           decoder_channels=self.decoder_channels, width=self.width)
+                           decoder_channels=self.decoder_channels, width=self.width,
+                           output_stride=self.output_stride, coord_channels=self.coord_channels)
+
+
+_TUPLE_FIELDS = ("positives", "neighbours", "negatives")
+
+
+def preset_config(name: str, **overrides) -> "TrainConfig":
+    """A :class:`TrainConfig` from preset ``name``, with ``overrides`` (e.g. data, out) on top.
+
+    Raises :class:`InputError` for an unknown preset or option."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    values = dict(PRESETS[name].values)
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
 
 
 @dataclass
@@ -106,12 +140,27 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but torch sees no CUDA GPU")
     return torch.device(name)
+
+
+def mixed_precision(device: torch.device) -> Optional[torch.dtype]:
+    """The autocast type for ``device``: FP16 on CUDA; BF16 on a CPU with native BF16 arithmetic
+    (AVX512-BF16 or AMX, where oneDNN runs BF16 convolutions about twice as fast as FP32); None
+    (FP32) elsewhere, where BF16 would be emulated and slower."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+            check = getattr(cpu, probe, None)
+            if check is not None and check():
+                return torch.bfloat16
+    return None
 
 
 def _dist_info() -> Tuple[int, int, int]:
@@ -121,10 +170,13 @@ def _dist_info() -> Tuple[int, int, int]:
 
 def make_batch(samples: Sequence[Sample], cfg: TrainConfig, gen: Optional[torch.Generator],
                target_cfg: TargetConfig) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Stack samples, augment (when ``gen`` is given) and build the targets at stride 4."""
+    """Stack samples, augment (when ``gen`` is given) and build the targets at stride 4.
+
+    Each keypoint's through-plane weight (``Sample.weight``) travels with it through the
+    augmentation (an axial flip swaps left and right) and becomes its target's peak."""
     images = torch.from_numpy(np.stack([s.image for s in samples]))
     points = torch.from_numpy(np.stack([np.nan_to_num(s.points, nan=-1e4) for s in samples]))
-    present = torch.from_numpy(np.stack([s.present for s in samples]))
+    present = torch.from_numpy(np.stack([s.weight * s.present for s in samples]).astype(np.float32))
     severity = torch.from_numpy(np.stack([s.severity for s in samples]))
     if gen is not None and cfg.augment:
         pre = cfg.preprocess
@@ -137,6 +189,36 @@ def make_batch(samples: Sequence[Sample], cfg: TrainConfig, gen: Optional[torch.
         for i in range(len(samples))
     ])
     return images.float(), {k: torch.from_numpy(v) for k, v in targets.items()}
+
+
+class _Batches:
+    """The batches of one epoch's plan, built on demand (in DataLoader workers when asked):
+    slices decoded and preprocessed, augmented with a generator seeded by (seed, rank, epoch,
+    batch), so a batch is the same whichever process builds it and after a resume."""
+
+    def __init__(self, series, plan: Sequence[Tuple[int, int]], cfg: TrainConfig, target_cfg: TargetConfig,
+                 epoch: int, rank: int):
+        self.series, self.cfg, self.target_cfg = series, cfg, target_cfg
+        self.chunks = [plan[i:i + cfg.batch_size] for i in range(0, len(plan), cfg.batch_size)]
+        self.seed = (cfg.seed, rank, epoch)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        pre, sigma = self.cfg.preprocess, self.cfg.through_plane_sigma_mm
+        samples = [self.series[s].sample(c, pre, sigma) for s, c in self.chunks[i]]
+        seed = int(np.random.SeedSequence([*self.seed, i]).generate_state(1)[0])
+        return make_batch(samples, self.cfg, torch.Generator().manual_seed(seed), self.target_cfg)
+
+
+def _loader(batches: _Batches, workers: int):
+    """Iterate over ``batches`` in order; with ``workers`` > 0 through a torch DataLoader whose
+    processes build the next batches while the model trains on this one."""
+    if workers <= 0:
+        return (batches[i] for i in range(len(batches)))
+    return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                       persistent_workers=False, prefetch_factor=2)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, epoch: int, cfg: TrainConfig,
@@ -189,7 +271,7 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
     start_time = time.perf_counter()
     rank, world, local_rank = _dist_info()
     distributed = world > 1
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     if distributed:
         import torch.distributed as dist
 
@@ -215,26 +297,35 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
         train_ids, val_ids = split_studies(dataset.study_ids, cfg.val_fraction, cfg.seed)
     if cfg.max_studies:
         train_ids = train_ids[: cfg.max_studies]
-    layout, pre = cfg.layout, cfg.preprocess
-    train_samples = build_samples(dataset, layout, pre, train_ids, progress=progress and is_main)
+    layout, pre, sampling = cfg.layout, cfg.preprocess, cfg.sampling
+    train_series = build_series(dataset, layout, train_ids, progress=progress and is_main,
+                                cache_pixels=cfg.cache_pixels)
     val_samples = build_samples(val_dataset, layout, pre, val_ids, negatives=False, progress=progress and is_main) if val_ids else []
+    # The plan has the same length every epoch: the schedule is laid out from the first one.
+    plan_length = len(epoch_plan(train_series, sampling, np.random.default_rng(0)))
     if is_main:
-        log.info("%d training samples from %d studies, %d validation samples from %d studies",
-                 len(train_samples), len(train_ids), len(val_samples), len(val_ids))
+        log.info("%d labelled series from %d studies (%d slices an epoch), %d validation samples from %d studies",
+                 len(train_series), len(train_ids), plan_length, len(val_samples), len(val_ids))
 
     model = build_model(cfg.model_config())
     if cfg.backbone_weights:
         load_backbone_weights(model, Path(cfg.backbone_weights))
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = KeypointLoss(heatmap=cfg.heatmap_loss, offset=cfg.offset_loss, keypoint_groups=layout.keypoint_groups())
+    # channels-last: the layout oneDNN and cuDNN convolutions run fastest in (10% per step on a
+    # 2-core CPU); the weights and checkpoints are the same.
+    model = model.to(device).to(memory_format=torch.channels_last)
+    loss_fn = KeypointLoss(heatmap=cfg.heatmap_loss, offset=cfg.offset_loss, keypoint_groups=layout.keypoint_groups(),
+                           identity_weight=cfg.identity_weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_samples) / world / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(range(0, plan_length, world)) / cfg.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                     pct_start=0.15)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = mixed_precision(device) if cfg.amp else None
+    use_amp = amp_dtype is not None
+    # Loss scaling guards FP16's narrow range; BF16 has FP32's range and needs none.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    if is_main:
+        log.info("training on %s in %s", device, "mixed precision " + str(amp_dtype).replace("torch.", "")
+                 if use_amp else "float32")
     first_epoch, best_score, best_epoch, best_metrics = 0, math.inf, -1, {}
     if resume is not None:
         state = load_checkpoint(resume)
@@ -267,7 +358,6 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
         train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
     target_cfg = TargetConfig(stride=4, sigma=cfg.sigma)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     history: List[Dict[str, float]] = []
     stopped_early = False
     epoch_seconds: List[float] = []
@@ -284,17 +374,14 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
                 break
         epoch_start = time.perf_counter()
         train_model.train()
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(train_samples))[rank::world]
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        plan = epoch_plan(train_series, sampling, np.random.default_rng([cfg.seed, epoch]))[rank::world]
+        batches = _Batches(train_series, plan, cfg, target_cfg, epoch, rank)
         sums: Dict[str, float] = {}
         with Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and is_main) as bar:
-            for b in batches:
-                images, targets = make_batch([train_samples[i] for i in b], cfg, gen, target_cfg)
-                images = images.to(device, non_blocking=True)
-                if device.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
+            for images, targets in _loader(batches, cfg.workers):
+                images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                     outputs = train_model(images)
                 total, parts = loss_fn(tuple(o.float() for o in outputs), targets)
                 optimizer.zero_grad(set_to_none=True)
@@ -315,7 +402,7 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
                 val = evaluate_samples(model, val_samples, val_dataset, device, layout,
                                        train_labels=[dataset.labels[s] for s in train_ids if s in dataset.labels])
                 epoch_metrics.update({f"val_{k}": v for k, v in val.items()})
-                score = val["score"]
+                score = val["selection"]
             else:
                 score = epoch_metrics["train_loss"]
             epoch_metrics["epoch"] = epoch

@@ -5,6 +5,8 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from lumbar_edge.cli import main
 from lumbar_edge.labels import LABEL_COLUMNS, SEVERITY_COLUMNS
 
@@ -91,6 +93,7 @@ def _reports_and_coordinates(tmp_path):
     """Two study reports written by the real writer, and label coordinates for five of their
     keypoints: 3-4-5 px off, 30 px off (another level), on another series, and a label whose
     finding came from the prior (no keypoint)."""
+    from lumbar_edge.aggregate import shared_point_warning
     from lumbar_edge.labels import CONDITIONS
     from lumbar_edge.report import write_study_json
     from lumbar_edge.results import Finding, Keypoint, StudyResult
@@ -108,7 +111,8 @@ def _reports_and_coordinates(tmp_path):
         findings = [Finding(c, lv, (0.8, 0.15, 0.05), points.get((study, c, lv)),
                             source="model" if (study, c, lv) in points else "prior")
                     for c in CONDITIONS for lv in ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")]
-        write_study_json(StudyResult(study_id=study, study_uid=f"2.{study}", findings=findings), out)
+        warnings = [shared_point_warning("sagittal T1 (left foramina)", ["L3/L4", "L4/L5"])] if study == "22" else []
+        write_study_json(StudyResult(study_id=study, study_uid=f"2.{study}", findings=findings, warnings=warnings), out)
     (out / "summary.json").write_text("{}")  # not a study report: skipped
     coords = tmp_path / "coords.csv"
     with open(coords, "w", newline="") as fh:
@@ -134,11 +138,19 @@ def test_evaluate_measures_the_reports_keypoints_against_labelled_points(tmp_pat
     assert foraminal["n"] == 1 and math.isclose(foraminal["max_px"], 30.0) and foraminal["far"] == 1
     assert foraminal["on_labelled_slice"] == 0.0 and "subarticular" not in result["groups"]
     assert result["overall"]["n"] == 3 and result["overall"]["far"] == 1
+    # Within 5 px (inclusive: the 3-4-5 point counts) and on the labelled slice or the next one
+    # (instance 3 against the labelled 4 does; the point is still 30 px off).
+    assert spinal["within_px"] == 1.0 and foraminal["within_px"] == 0.0
+    assert foraminal["near_labelled_slice"] == 1.0 and result["overall"]["within_px"] == pytest.approx(2 / 3)
+    assert result["shared_point_reports"] == ["22"]
 
     pred, lab = _write(tmp_path)
     assert main(["evaluate", str(pred), "--labels", str(lab), "--coordinates", str(coords), "--reports", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"score  {SCORE:7.4f}" in text and "2 reports, 2 labels without a model keypoint" in text
+    assert "reports warning that levels share a point: 1 of 2 (22)" in text
+    row = next(line for line in text.splitlines() if line.startswith("foramina (sagittal T1)"))
+    assert row.split()[-3:] == ["1", "0.0%", "100.0%"]  # far, on the labelled slice, slice +-1
     assert main(["evaluate", str(pred), "--labels", str(lab), "--coordinates", str(coords), "--reports", str(out),
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["localisation"]["overall"]["far"] == 1

@@ -8,8 +8,8 @@ torch = pytest.importorskip("torch")
 
 from lumbar_edge.errors import InputError  # noqa: E402
 from lumbar_edge.training.losses import (  # noqa: E402
-    KeypointLoss, KeypointTargets, bce_heatmap_loss, focal_heatmap_loss, gather_at_keypoints, keypoint_groups_for_view,
-    offset_l1_loss, severity_loss,
+    KeypointLoss, KeypointTargets, bce_heatmap_loss, focal_heatmap_loss, gather_at_keypoints, identity_loss,
+    keypoint_groups_for_view, offset_l1_loss, severity_loss,
 )
 from lumbar_edge.training.targets import collate_targets, make_targets  # noqa: E402
 
@@ -170,8 +170,12 @@ def test_keypoint_loss_combines_parts_and_accepts_the_dataset_targets():
 
     full = KeypointLoss(keypoint_groups=keypoint_groups_for_view("sagittal_t2"))
     total, parts = full((heat, off, sev), batch)
-    assert set(parts) == {"heatmap", "offset", "severity", "total"}
+    assert set(parts) == {"heatmap", "offset", "severity", "identity", "total"}
     assert total.item() == pytest.approx((parts["heatmap"] + parts["offset"] + parts["severity"]).item(), rel=1e-6)
+    with_identity = KeypointLoss(keypoint_groups=keypoint_groups_for_view("sagittal_t2"), identity_weight=0.5)
+    total3, parts3 = with_identity((heat, off, sev), batch)
+    assert parts3["identity"].item() > 0
+    assert total3.item() == pytest.approx((total + 0.5 * parts3["identity"]).item(), rel=1e-6)
     total.backward()
     assert heat.grad.abs().sum() > 0 and off.grad.abs().sum() > 0 and sev.grad.abs().sum() > 0
 
@@ -198,3 +202,54 @@ def test_keypoint_loss_rejects_bad_settings():
         KeypointLoss(keypoint_groups=[0, 1])(outputs, targets)
     with pytest.raises(InputError, match="lack severity"):
         KeypointLoss()(outputs, {k: v for k, v in targets.items() if k != "severity"})
+
+
+def test_a_soft_positive_learns_a_score_that_falls_with_its_weight():
+    # One cell, target peak w (the through-plane weight): the loss over p has its minimum at a
+    # score that rises with w, from 0 (absent) to 1 (on the labelled slice).
+    grid = torch.linspace(-8.0, 8.0, 3201)
+    best = []
+    for w in (0.0, 0.15, 0.4, 0.8, 1.0):
+        losses = [focal_heatmap_loss(z.view(1, 1, 1, 1), torch.full((1, 1, 1, 1), w), torch.zeros(1, 1, dtype=torch.long),
+                                     torch.full((1, 1), w)).item() for z in grid]
+        best.append(torch.sigmoid(grid[int(np.argmin(losses))]).item())
+    assert best[0] < 0.01 and best[-1] > 0.99
+    assert all(a < b for a, b in zip(best, best[1:])), best
+
+
+def test_soft_positives_weight_offset_and_severity_by_their_mask():
+    offset = torch.zeros(1, 4, 1, 2)
+    index = torch.zeros(1, 2, dtype=torch.long)
+    target = torch.tensor([[[0.5, 0.5], [0.1, 0.1]]])
+    # Keypoint 0 (weight 1) is off by 0.5 in both axes, keypoint 1 (weight 0.25) by 0.1.
+    got = offset_l1_loss(offset, target, index, torch.tensor([[1.0, 0.25]]))
+    assert got.item() == pytest.approx((1.0 * 0.5 * 2 + 0.25 * 0.1 * 2) / (2 * 1.25))
+    logits = torch.zeros(1, 3, 1, 2)
+    logits[0, 0] = 5.0  # confident normal/mild everywhere
+    sev = torch.tensor([[0, 2]])
+    groups = torch.tensor([0, 0])
+    weights = torch.tensor([1.0, 2.0, 4.0])
+    nll = -torch.log_softmax(torch.tensor([5.0, 0.0, 0.0]), 0)
+    got = severity_loss(logits, sev, index, torch.tensor([[1.0, 0.25]]), groups, weights)
+    expected = (1.0 * 1.0 * nll[0] + 0.25 * 4.0 * nll[2]) / (1.0 * 1.0 + 0.25 * 4.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_identity_loss_asks_the_keypoints_own_channel_to_win_among_its_views_channels():
+    # Two keypoint types of one view and a third channel of another view; keypoint 0 at cell 1,
+    # keypoint 1 at cell 2, keypoint 2 absent.
+    logits = torch.full((1, 3, 1, 4), -3.0)
+    logits[0, 0, 0, 1] = 2.0   # channel 0 fires at its own keypoint...
+    logits[0, 1, 0, 1] = 1.0   # ...and channel 1 a little there too
+    logits[0, 1, 0, 2] = 4.0
+    logits[0, 2, 0, 2] = 9.0   # another view's channel: not a competitor
+    index = torch.tensor([[1, 2, 0]])
+    mask = torch.tensor([[1.0, 0.5, 0.0]])
+    view = torch.tensor([[1.0, 1.0, 0.0]])
+    got = identity_loss(logits, index, mask, view)
+    l0 = -torch.log_softmax(torch.tensor([2.0, 1.0]), 0)[0]
+    l1 = -torch.log_softmax(torch.tensor([-3.0, 4.0]), 0)[1]
+    assert got.item() == pytest.approx(((1.0 * l0 + 0.5 * l1) / 1.5).item(), rel=1e-6)
+    # Swapping the channels' answers makes it worse; no keypoint at all gives 0.
+    assert identity_loss(logits[:, [1, 0, 2]], index, mask, view).item() > got.item()
+    assert identity_loss(logits, index, torch.zeros(1, 3), view).item() == 0.0

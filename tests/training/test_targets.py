@@ -39,3 +39,16 @@ def test_gaussian_width_follows_sigma_and_batches_stack():
     assert a["heatmap"][0, 16, 17] == np.float32(np.exp(-0.5))
     batch = collate_targets([a, b])
     assert batch["heatmap"].shape == (2, 1, 32, 32) and batch["offset"].shape == (2, 1, 2)
+
+
+def test_through_plane_weight_scales_the_peak_and_the_mask():
+    pts = np.array([[40.0, 40.0], [80.0, 80.0], [20.0, 60.0]])
+    weight = np.array([1.0, 0.3, 0.0], dtype=np.float32)
+    t = make_targets(pts, weight, np.array([1, 2, 0]), np.ones(3), 32, 32)
+    assert t["heatmap"][0].max() == 1.0 and np.isclose(t["heatmap"][1].max(), 0.3)
+    assert np.isclose(t["heatmap"][1, 20, 20], 0.3)  # the peak sits at the keypoint's cell
+    assert np.allclose(t["keypoint_mask"], [1.0, 0.3, 0.0])
+    assert not t["heatmap"][2].any() and list(t["severity"]) == [1, 2, -1]
+    # The Gaussian keeps its shape: only its height follows the weight.
+    full = make_targets(pts[1:2], np.ones(1), np.zeros(1), np.ones(1), 32, 32)
+    assert np.allclose(t["heatmap"][1], 0.3 * full["heatmap"][0], atol=1e-7)
