@@ -1,24 +1,28 @@
 """From per-slice peaks to the 25 condition-level findings.
 
 Per view, the model runs on slices of the chosen series and each keypoint channel gives one peak
-per slice. A peak's score is made through-plane consistent (:func:`through_plane_scores`): the
+per slice. A peak's score is read as a through-plane profile (:func:`through_plane_scores`): the
 network is trained to score a structure highest on the slice through it and less on the slices
 beside it, so a slice whose neighbours see the same structure at the same place is supported by
 them, and a lone peak on a lateral slice is not. On the sagittal views the five levels are then
 chosen together: one slice's peak per level, the levels in anatomical order from L1/L2 down to
-L5/S1 at least :data:`LEVEL_STEP_MM` apart, maximising the sum of the peaks' log scores
-(:func:`assign_ordered`). Taking each
-level's best-scoring peak on its own let a model that confuses neighbouring levels put two or
-three of them on one disc (on the demo's 8 held-out studies every study had such a pair); where
-no ordered choice exists, each level keeps its own best peak and the report says which levels
-share a point (:func:`shared_points`). The chosen peak (mapped back to the source pixel grid
-and to patient mm) and its severity probabilities become the finding. Two facts come from
-geometry rather than pixels:
+L5/S1 at least :data:`LEVEL_STEP_MM` apart, maximising the sum of the peaks' log scores plus the
+log priors below (:func:`assign_ordered`). Taking each level's best-scoring peak on its own let a
+model that confuses neighbouring levels put two or three of them on one disc; where no ordered
+choice exists, each level keeps its own best peak and the report says which levels share a point
+(:func:`shared_points`). The chosen peak (mapped back to the source pixel grid and to patient mm)
+and its severity probabilities become the finding. What patient-space geometry adds (the
+sagittal T1 and T2 series and the axial series of a study share one patient coordinate system):
 
+- **Midline** (:func:`foramina_midline`): halfway between the two foramina found on the sagittal
+  T1 series. The canal is looked for near it (:func:`midline_prior`), so parasagittal T2 slices
+  through the foramina, which look like the canal to a network, do not take the canal points.
 - **Foramen side** (sagittal T1): left and right foramina are mirror images on parasagittal
-  slices, so a slice's side is where it lies in patient space against the midline (DICOM LPS:
-  +x is the patient's left). The midline is the canal found on the sagittal T2 series, or the
-  centre of the T1 stack when there is none.
+  slices, so a slice's side is where it lies against the midline (DICOM LPS: +x is the patient's
+  left); the canal's mean x, or the centre of the T1 stack, stands in without a foramina midline.
+- **Foramen level** (:func:`level_prior`): each level's foramina lie beside that level's canal
+  segment, so the canal levels of the T2 series hold the T1 levels where the network would name
+  the foramina one level off.
 - **Axial level**: an axial slice shows the level whose disc (the canal point found on the sagittal
   T2 series, in patient mm) is nearest its plane.
 """
@@ -175,22 +179,21 @@ def midline_prior(midline_x_mm: Optional[float], sigma_mm: float) -> Optional[Pr
     return lambda points: -0.5 * ((points[..., 0] - midline_x_mm) / sigma_mm) ** 2
 
 
-def level_prior(anchors: Dict[str, Reading], sigma_mm: float) -> Optional[Prior]:
-    """Gaussian log prior tying level k's candidates to the keypoint ``anchors[LEVELS[k]]`` found
-    on another view (the canal on sagittal T2): their distance along the spine there, i.e. along
-    the line through the anchors of the levels above and below. Sagittal T1 and T2 series of one
-    study share patient space, and a level's foramina lie beside its canal segment, while the
-    next level is 30-45 mm away along the spine: a network that names the foramina one level
-    off is held to the level the canal view found. Levels without an anchor get no prior."""
+def level_prior(anchors: Dict[str, Sequence[float]], sigma_mm: float) -> Optional[Prior]:
+    """Gaussian log prior tying level k's candidates to the point ``anchors[LEVELS[k]]`` (patient
+    mm) found on another view: their distance along the spine there, i.e. along the line through
+    the anchors of the levels above and below. Sagittal T1 and T2 series of one study share
+    patient space, and a level's foramina lie beside its canal segment while the next level is
+    30-45 mm away along the spine, so a view whose network names the structures one level off is
+    held to the levels the other view found. Levels without an anchor get no prior."""
     if sigma_mm <= 0 or not anchors:
         return None
     have = [lv for lv in LEVELS if lv in anchors]
-    pts = {lv: np.asarray(anchors[lv][0].patient_mm, dtype=np.float64) for lv in have}
+    pts = {lv: np.asarray(anchors[lv], dtype=np.float64).reshape(3) for lv in have}
 
     def axis(level: str) -> np.ndarray:
         i = have.index(level)
-        above, below = pts[have[max(i - 1, 0)]], pts[have[min(i + 1, len(have) - 1)]]
-        d = above - below
+        d = pts[have[max(i - 1, 0)]] - pts[have[min(i + 1, len(have) - 1)]]
         n = float(np.linalg.norm(d))
         return d / n if n > 0 else np.array([0.0, 0.0, 1.0])
 
@@ -200,11 +203,21 @@ def level_prior(anchors: Dict[str, Reading], sigma_mm: float) -> Optional[Prior]
         out = np.zeros(points.shape[:-1])
         for k, lv in enumerate(LEVELS):
             if lv in pts and k < points.shape[0]:
-                along = (points[k] - pts[lv]) @ axes[lv]
-                out[k] = -0.5 * (along / sigma_mm) ** 2
+                out[k] = -0.5 * (((points[k] - pts[lv]) @ axes[lv]) / sigma_mm) ** 2
         return out
 
     return prior
+
+
+def _sum(*priors: Optional[Prior]) -> Optional[Prior]:
+    used = [p for p in priors if p is not None]
+    if not used:
+        return None
+    return lambda points: sum(p(points) for p in used)
+
+
+def _points(readings: Dict[str, Reading]) -> Dict[str, Tuple[float, float, float]]:
+    return {lv: r[0].patient_mm for lv, r in readings.items()}
 
 
 def ordered_levels(series, peaks: Sequence[SlicePeaks], config: AggregationConfig = AggregationConfig(),
@@ -212,22 +225,28 @@ def ordered_levels(series, peaks: Sequence[SlicePeaks], config: AggregationConfi
     """The five levels' readings from ``peaks`` (channel k = ``LEVELS[k]``): through-plane
     consistent scores (:func:`through_plane_scores`), plus ``prior`` where given, then the levels
     chosen together by :func:`assign_ordered`; each level's own best when no ordered choice exists."""
+    return _choose_levels(series, peaks, config, prior)[0]
+
+
+def _choose_levels(series, peaks: Sequence[SlicePeaks], config: AggregationConfig,
+                   prior: Optional[Prior]) -> Tuple[Dict[str, Reading], float]:
+    """:func:`ordered_levels` and the chosen peaks' summed through-plane log scores (no prior)."""
     if not peaks:
-        return {}
+        return {}, 0.0
     keypoints = [[keypoint_of(series, p, k) for p in peaks] for k in range(len(LEVELS))]
     points = np.array([[kp.patient_mm for kp in row] for row in keypoints], dtype=np.float64)
     height = points[..., 2]
     raw = np.array([[float(p.score[k]) for p in peaks] for k in range(len(LEVELS))])
     consistent = through_plane_scores(points, raw, _series_normal(series, peaks), config.profile_sigma_mm,
                                       config.profile_radius_mm)
-    log_score = np.log(np.clip(consistent, 1e-9, None))
-    if prior is not None:
-        log_score = log_score + prior(points)
+    evidence = np.log(np.clip(consistent, 1e-9, None))
+    log_score = evidence if prior is None else evidence + prior(points)
     chosen = assign_ordered(height, log_score, config.level_step_mm)
     if chosen is None:
         chosen = [int(np.argmax(log_score[k])) for k in range(len(LEVELS))]
-    return {level: (keypoints[k][i], tuple(float(v) for v in peaks[i].probs[k]))
-            for k, (level, i) in enumerate(zip(LEVELS, chosen))}
+    readings = {level: (keypoints[k][i], tuple(float(v) for v in peaks[i].probs[k]))
+                for k, (level, i) in enumerate(zip(LEVELS, chosen))}
+    return readings, float(sum(evidence[k, i] for k, i in enumerate(chosen)))
 
 
 def sagittal_t2_findings(series, peaks: Sequence[SlicePeaks], config: AggregationConfig = AggregationConfig(),
@@ -268,24 +287,76 @@ def slice_centre_x_mm(instance) -> float:
     return float(mm[0])
 
 
+def split_sides(peaks: Sequence[SlicePeaks], midline_x_mm: Optional[float]) -> Dict[str, List[SlicePeaks]]:
+    """The sagittal T1 slices left (+x, LPS) and right of the midline (the stack's centre when
+    none is given)."""
+    xs = [slice_centre_x_mm(p.instance) for p in peaks]
+    midline = float(np.mean(xs)) if midline_x_mm is None else midline_x_mm
+    return {"left": [p for p, x in zip(peaks, xs) if x > midline], "right": [p for p, x in zip(peaks, xs) if x < midline]}
+
+
 def sagittal_t1_findings(series, peaks: Sequence[SlicePeaks], midline_x_mm: Optional[float],
                          config: AggregationConfig = AggregationConfig(),
                          canal: Optional[Dict[str, Reading]] = None) -> Dict[Tuple[str, str], Reading]:
-    """Neural foraminal narrowing per (side, level): on each side of the midline (the centre of
-    the stack when none is given), the five levels chosen together in anatomical order
+    """Neural foraminal narrowing per (side, level): on each side of the midline
+    (:func:`split_sides`), the five levels chosen together in anatomical order
     (:func:`ordered_levels`), each held near its canal keypoint where ``canal`` is given
     (:func:`level_prior`)."""
-    if not peaks:
-        return {}
-    xs = [slice_centre_x_mm(p.instance) for p in peaks]
-    midline = float(np.mean(xs)) if midline_x_mm is None else midline_x_mm
-    sides = {"left": [p for p, x in zip(peaks, xs) if x > midline], "right": [p for p, x in zip(peaks, xs) if x < midline]}
-    out: Dict[Tuple[str, str], Reading] = {}
-    for side, side_peaks in sides.items():
-        for level, reading in ordered_levels(series, side_peaks, config,
-                                             level_prior(canal or {}, config.level_sigma_mm)).items():
-            out[(side, level)] = reading
-    return out
+    prior = level_prior(_points(canal or {}), config.level_sigma_mm)
+    return {(side, level): reading for side, side_peaks in split_sides(peaks, midline_x_mm).items()
+            for level, reading in ordered_levels(series, side_peaks, config, prior).items()}
+
+
+def sagittal_levels(t2_series=None, t2_peaks: Sequence[SlicePeaks] = (), t1_series=None,
+                    t1_peaks: Sequence[SlicePeaks] = (), config: AggregationConfig = AggregationConfig()
+                    ) -> Tuple[Dict[str, Reading], Dict[Tuple[str, str], Reading], Optional[float]]:
+    """The canal levels of the sagittal T2 series and the foramina of the sagittal T1 series,
+    chosen so that they agree: ``(canal, foramina, midline x)``.
+
+    The canal is looked for near the midline between the foramina (:func:`foramina_midline`).
+    Then two readings of the study are compared: the canal's levels leading (each side's
+    foramina held to them, :func:`level_prior`), or the foramina's (each side chosen on its own,
+    the canal held to the two sides' mean). The one with the larger joint log score wins: the
+    chosen peaks' through-plane log scores of all three (canal, left, right), the midline prior,
+    and the agreement of each side with the canal. So whichever view the network read more
+    surely sets the levels, and one view's level error is not copied into the other. Either view
+    may be missing (empty peaks): the other is read on its own.
+    """
+    t2_peaks, t1_peaks = list(t2_peaks), list(t1_peaks)
+    midline = foramina_midline(t1_series, t1_peaks, config) if t1_peaks else None
+    on_midline = midline_prior(midline, config.midline_sigma_mm)
+    canal, canal_ev = _choose_levels(t2_series, t2_peaks, config, on_midline) if t2_peaks else ({}, 0.0)
+    if not t1_peaks:
+        return canal, {}, midline
+    sides = split_sides(t1_peaks, midline if midline is not None else midline_from_canal(canal))
+    if not canal:
+        free = {side: ordered_levels(t1_series, p, config) for side, p in sides.items()}
+        return canal, {(side, lv): r for side, rs in free.items() for lv, r in rs.items()}, midline
+
+    def joint(canal_readings, canal_evidence, side_choice) -> float:
+        agree = level_prior(_points(canal_readings), config.level_sigma_mm)
+        total = canal_evidence
+        if on_midline is not None:
+            total += float(on_midline(np.array([canal_readings[lv][0].patient_mm for lv in LEVELS])).sum())
+        for readings, evidence in side_choice.values():
+            total += evidence
+            if agree is not None and readings:
+                pts = np.array([readings[lv][0].patient_mm for lv in LEVELS])[:, None, :]
+                total += float(agree(pts).sum())
+        return total
+
+    held = level_prior(_points(canal), config.level_sigma_mm)
+    canal_leads = {side: _choose_levels(t1_series, p, config, held) for side, p in sides.items()}
+    free = {side: _choose_levels(t1_series, p, config, None) for side, p in sides.items()}
+    anchors = {lv: np.mean([rs[lv][0].patient_mm for rs, _ in free.values() if lv in rs], axis=0)
+               for lv in LEVELS if any(lv in rs for rs, _ in free.values())}
+    canal_b, canal_b_ev = _choose_levels(t2_series, t2_peaks, config,
+                                         _sum(on_midline, level_prior(anchors, config.level_sigma_mm)))
+    if joint(canal_b, canal_b_ev, free) > joint(canal, canal_ev, canal_leads):
+        canal, chosen = canal_b, free
+    else:
+        chosen = canal_leads
+    return canal, {(side, lv): r for side, (rs, _) in chosen.items() for lv, r in rs.items()}, midline
 
 
 def axial_slices_for_levels(series, disc_mm: Dict[str, Tuple[float, float, float]],

@@ -16,9 +16,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .aggregate import (AggregationConfig, SlicePeaks, axial_findings, axial_slices_for_levels, foramina_midline,
-                        midline_from_canal,
-                        sagittal_t1_findings, sagittal_t2_findings, shared_point_warning, shared_points)
+from .aggregate import (AggregationConfig, SlicePeaks, axial_findings, axial_slices_for_levels, sagittal_levels,
+                        shared_point_warning, shared_points)
 from .errors import InputError, LumbarEdgeError
 from .labels import CONDITIONS, LEVELS, HeadLayout, level_title
 from .preprocess import PreprocessConfig, channel_indices, preprocess_stack
@@ -207,34 +206,28 @@ class Pipeline:
                 if key not in slices:
                     slices[key] = prepared.pixels(series, p.slice_index)
 
-        # Both sagittal views are inferred first: the canal is looked for near the midline
-        # between the T1 foramina, and the foramina are held to the canal's levels.
+        # Both sagittal views are inferred before either is read: the canal is looked for near
+        # the midline between the T1 foramina, and the two views' levels are chosen to agree.
         views = {}
         for view in ("sagittal_t2", "sagittal_t1"):
             if view in chosen:
                 s = chosen[view]
-                sink = {} if self.keep_heatmaps else None
+                sink = {} if self.keep_heatmaps and view == "sagittal_t2" else None
                 views[view] = (s, self._infer_slices(prepared, s, list(range(len(s.instances))), view, sink), sink)
-        config = self.aggregation
-        midline = foramina_midline(views["sagittal_t1"][0], views["sagittal_t1"][1], config) \
-            if "sagittal_t1" in views else None
-        canal, foramina = {}, {}
-        if "sagittal_t2" in views:
-            s, peaks, sink = views["sagittal_t2"]
-            canal = sagittal_t2_findings(s, peaks, config, midline)
-            for level, r in canal.items():
-                readings[f"spinal_canal_stenosis_{level}"] = r
-            keep(s, [p for p in peaks if any(r[0].sop_uid == p.instance.sop_uid for r in canal.values())])
-            if sink is not None:
-                self._keep_maps(heatmaps, s, peaks, sink, canal, lambda lv: f"spinal_canal_stenosis_{lv}", LEVELS)
-        if "sagittal_t1" in views:
-            s, peaks, _sink = views["sagittal_t1"]
-            foramina = sagittal_t1_findings(s, peaks, midline if midline is not None else midline_from_canal(canal),
-                                            config, canal)
-            for (side, level), r in foramina.items():
-                readings[f"{side}_neural_foraminal_narrowing_{level}"] = r
+        t2, t2_peaks, t2_maps = views.get("sagittal_t2", (None, [], None))
+        t1, t1_peaks, _ = views.get("sagittal_t1", (None, [], None))
+        canal, foramina, _midline = sagittal_levels(t2, t2_peaks, t1, t1_peaks, self.aggregation)
+        for level, r in canal.items():
+            readings[f"spinal_canal_stenosis_{level}"] = r
+        if canal:
+            keep(t2, [p for p in t2_peaks if any(r[0].sop_uid == p.instance.sop_uid for r in canal.values())])
+            if t2_maps is not None:
+                self._keep_maps(heatmaps, t2, t2_peaks, t2_maps, canal, lambda lv: f"spinal_canal_stenosis_{lv}", LEVELS)
+        for (side, level), r in foramina.items():
+            readings[f"{side}_neural_foraminal_narrowing_{level}"] = r
+        if foramina:
             used = {r[0].sop_uid for r in foramina.values()}
-            keep(s, [p for p in peaks if p.instance.sop_uid in used])
+            keep(t1, [p for p in t1_peaks if p.instance.sop_uid in used])
         if "axial_t2" in chosen:
             s = chosen["axial_t2"]
             disc_mm = {lv: r[0].patient_mm for lv, r in canal.items()}

@@ -180,3 +180,51 @@ def test_foramina_named_one_level_off_are_held_to_the_canal_levels():
             assert held[(side, lv)][0].patient_mm[2] == pytest.approx(heights[k])
     # Left is +x (LPS): the sides come from the slices' positions against the midline.
     assert all(held[("left", lv)][0].patient_mm[0] > 0 > held[("right", lv)][0].patient_mm[0] for lv in LEVELS)
+
+
+def _two_views(canal_shifted: bool, left_shifted: bool):
+    """A T2 series (canal on the midline slice x = 0) and a T1 series (foramina at x = +-12 mm):
+    the network finds every level's structure with 0.4 where it truly is, and on the slices
+    beside it one disc lower with 0.6 (a view read one level off: the canal, or the left
+    foramina) or 0.2."""
+    heights = [80.0, 40.0, 0.0, -40.0, -80.0, -120.0]
+    xs = np.arange(-16, 17, 4.0)
+    series, peaks = {}, {}
+    for view, uid, on_slice, shifted in (("t2", "1.2.7", {0.0}, canal_shifted),
+                                         ("t1", "1.2.8", {-12.0, 12.0}, left_shifted)):
+        s = _sagittal_series(xs, uid)
+        xy, score = {}, {}
+        for i, inst in enumerate(s.instances):
+            here = float(-inst.position) in on_slice
+            # Two peaks cannot share a slice and channel: the true place is seen on the slice,
+            # the one-level-off place on its neighbour (4 mm away, same structure column).
+            near = any(abs(float(-inst.position) - x) == 4.0 for x in on_slice)
+            if here:
+                xy[i], score[i] = _canal_layout(heights[:5]), [0.4] * 5
+            elif near:
+                # LPS: the left foramina are at +x; the canal's "side" does not matter.
+                off = shifted and (view == "t2" or float(-inst.position) > 0)
+                xy[i], score[i] = _canal_layout(heights[1:]), [0.6 if off else 0.2] * 5
+            else:
+                xy[i], score[i] = _canal_layout(heights[:5]), [0.01] * 5
+        series[view], peaks[view] = s, _peaks(s, xy, score)
+    return heights, series, peaks
+
+
+@pytest.mark.parametrize("canal_shifted, left_shifted", [(True, False), (False, True)])
+def test_the_sagittal_views_agree_on_levels_and_the_surer_reading_sets_them(canal_shifted, left_shifted):
+    from lumbar_edge.aggregate import sagittal_levels
+
+    heights, series, peaks = _two_views(canal_shifted, left_shifted)
+    config = AggregationConfig(profile_sigma_mm=0.0, midline_sigma_mm=0.0)
+    canal, foramina, _ = sagittal_levels(series["t2"], peaks["t2"], series["t1"], peaks["t1"], config)
+    # Alone, the shifted view would take its one-level-off peaks (0.6 beats 0.4).
+    alone = sagittal_levels(series["t2"], peaks["t2"], None, [], config)[0]["l1_l2"] if canal_shifted else \
+        sagittal_levels(None, [], series["t1"], peaks["t1"], config)[1][("left", "l1_l2")]
+    assert alone[0].patient_mm[2] == pytest.approx(heights[1])
+    # Together, the levels that two of the three readings (canal, left, right) agree on win, and
+    # the third is held to them.
+    for k, lv in enumerate(LEVELS):
+        assert canal[lv][0].patient_mm[2] == pytest.approx(heights[k])
+        for side in ("left", "right"):
+            assert foramina[(side, lv)][0].patient_mm[2] == pytest.approx(heights[k])

@@ -316,7 +316,10 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
     loss_fn = KeypointLoss(heatmap=cfg.heatmap_loss, offset=cfg.offset_loss, keypoint_groups=layout.keypoint_groups(),
                            identity_weight=cfg.identity_weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(range(0, plan_length, world)) / cfg.batch_size))
+    # Each rank takes every world-th slice of the plan, cut to a multiple of the world size so
+    # that all ranks run the same number of steps (DistributedDataParallel waits for all).
+    per_rank = max(1, plan_length // world)
+    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                     pct_start=0.15)
     amp_dtype = mixed_precision(device) if cfg.amp else None
@@ -374,7 +377,7 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
                 break
         epoch_start = time.perf_counter()
         train_model.train()
-        plan = epoch_plan(train_series, sampling, np.random.default_rng([cfg.seed, epoch]))[rank::world]
+        plan = epoch_plan(train_series, sampling, np.random.default_rng([cfg.seed, epoch]))[rank::world][:per_rank]
         batches = _Batches(train_series, plan, cfg, target_cfg, epoch, rank)
         sums: Dict[str, float] = {}
         with Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and is_main) as bar:
