@@ -116,7 +116,7 @@ class AggregationConfig:
     """
 
     level_step_mm: float = LEVEL_STEP_MM
-    profile_sigma_mm: float = 4.0
+    profile_sigma_mm: float = 2.5
     profile_radius_mm: float = 6.0
     midline_sigma_mm: float = 8.0
     level_sigma_mm: float = 10.0
