@@ -4,7 +4,8 @@ on the device the preset trains on; and what an epoch of the preset's sampling t
 
 The step is the real one (:func:`lumbar_edge.training.train.make_batch` targets, ``KeypointLoss``,
 the preset's network); the batch is random, since speed does not depend on pixel values. The
-preset runs channels-last and, on CUDA, with mixed precision (AMP), as ``lumbar-edge train`` does.
+preset runs channels-last with the mixed precision ``lumbar-edge train`` picks for the device
+(:func:`lumbar_edge.training.train.mixed_precision`: FP16 on CUDA, BF16 on CPUs with native BF16).
 The epoch estimate is ``ceil(slices per epoch / batch) x seconds per step`` with the slices an
 epoch draws from each study (:class:`lumbar_edge.training.data.SamplingConfig`: three labelled
 series per study), validation and data loading left out.
@@ -52,7 +53,7 @@ def run(preset: str, steps: int = 5, studies: int = 32) -> List[Dict[str, object
     from lumbar_edge.training.losses import KeypointLoss
     from lumbar_edge.training.model import build_model
     from lumbar_edge.training.targets import TargetConfig
-    from lumbar_edge.training.train import make_batch, preset_config, resolve_device
+    from lumbar_edge.training.train import make_batch, mixed_precision, preset_config, resolve_device
 
     cfg = preset_config(preset, data="unused", out="unused")
     device = resolve_device(cfg.device)
@@ -73,10 +74,12 @@ def run(preset: str, steps: int = 5, studies: int = 32) -> List[Dict[str, object
     images, targets = make_batch(samples, cfg, None, TargetConfig(stride=4, sigma=cfg.sigma))
     targets = {name: t.to(device) for name, t in targets.items()}
     loss_fn = KeypointLoss(heatmap=cfg.heatmap_loss, keypoint_groups=layout.keypoint_groups())
+    amp_dtype = mixed_precision(device) if cfg.amp else None
+    mixed = "" if amp_dtype is None else f", {str(amp_dtype).replace('torch.', '')} autocast"
     rows = []
-    for name, channels_last, amp in (("plain PyTorch: FP32, default layout (baseline)", False, False),
-                                     (f"lumbar-edge {preset}: channels-last" + (", AMP" if device.type == "cuda" else ""),
-                                      True, cfg.amp and device.type == "cuda")):
+    for name, channels_last, dtype in (("plain PyTorch: FP32, default layout (baseline)", False, None),
+                                       (f"lumbar-edge {preset}: channels-last{mixed}", True, amp_dtype)):
+        amp = dtype is not None
         torch.manual_seed(0)
         model = build_model(cfg.model_config()).to(device).train()
         x = images.to(device)
@@ -84,10 +87,10 @@ def run(preset: str, steps: int = 5, studies: int = 32) -> List[Dict[str, object
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
         def step():
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=amp):
                 outputs = model(x)
             total, _ = loss_fn(tuple(o.float() for o in outputs), targets)
             optimizer.zero_grad(set_to_none=True)
