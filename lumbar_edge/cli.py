@@ -84,7 +84,8 @@ def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quie
 @click.option("--backbone-weights", type=click.Path(path_type=Path), default=None, help="Local backbone state-dict file.")
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N. [default: auto]")
-@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+@click.option("--no-amp", is_flag=True, help="Train in FP32: no mixed precision (FP16 on CUDA, BF16 on CPUs with "
+                                              "native BF16 otherwise).")
 @click.option("--time-limit", "time_limit_min", type=float, default=None, help="Time budget in minutes: no epoch is started that would end past it.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue from a last.pt checkpoint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

@@ -279,7 +279,7 @@ class LabelledSeries:
         """Slices at least ``gap`` slices away from every labelled slice."""
         return [i for i in range(self.num_slices) if all(abs(i - j) >= gap for j in self.labelled_slices)]
 
-    def sample(self, index: int, config: PreprocessConfig, sigma_mm: Optional[float], dataset_labels=None) -> Sample:
+    def sample(self, index: int, config: PreprocessConfig, sigma_mm: Optional[float]) -> Sample:
         """The sample centred on slice ``index``.
 
         ``sigma_mm`` None supervises only the labels of this very slice (validation: an oracle
@@ -323,8 +323,6 @@ class LabelledSeries:
             nearest = int(np.argmin(np.abs(proj[:, 2]))) if len(proj) else None
             if nearest is not None:
                 extra["level"] = self.points[nearest].level
-        weight[:c0] = 0.0
-        weight[c1:] = 0.0
         mask = np.zeros(k_total, dtype=np.float32)
         mask[c0:c1] = 1.0
         spacing = float(np.mean(self.series.instances[index].geometry.pixel_spacing))
