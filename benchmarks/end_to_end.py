@@ -5,6 +5,8 @@ once, in a rotated order) after one untimed run each; the figure is the median o
 
 * ``lumbar-edge cpu int8``: ``Pipeline`` on ONNX Runtime with the bundle's INT8 model;
 * ``lumbar-edge cpu fp32``: the same forced to FP32 (an ablation: the pipeline alone);
+* ``lumbar-edge openvino int8`` / ``fp32``: ``Pipeline`` on OpenVINO (CPU, latency hint) with the
+  same ONNX files, where the ``openvino`` extra is installed;
 * ``lumbar-edge gpu``: ``Pipeline.load(backend="auto")`` when a GPU backend runs here
   (TensorRT, else torch CUDA FP16 with CUDA graphs and the decode kernel);
 * baselines (a), (b), (c) of :mod:`lumbar_edge.benchmarks.baselines`.
@@ -36,6 +38,9 @@ RATIOS = (
     ("(b) naive PyTorch eager FP16 / lumbar-edge gpu", "b", "lumbar-edge gpu", None),
     ("(c) naive ONNX Runtime FP32 / lumbar-edge cpu int8", "c", "lumbar-edge cpu int8", 2.0),
     ("(c) naive ONNX Runtime FP32 / lumbar-edge cpu fp32 (pipeline only)", "c", "lumbar-edge cpu fp32", None),
+    ("(c) naive ONNX Runtime FP32 / lumbar-edge openvino int8", "c", "lumbar-edge openvino int8", 3.0),
+    ("lumbar-edge cpu int8 (onnxruntime) / lumbar-edge openvino int8", "lumbar-edge cpu int8",
+     "lumbar-edge openvino int8", None),
     ("(a) naive PyTorch eager FP32 / lumbar-edge cpu int8", "a", "lumbar-edge cpu int8", None),
 )
 
@@ -47,6 +52,7 @@ def _grades(result) -> List[int]:
 def contenders(bundle_path: Path, batch: int, threads: Optional[int]) -> Dict[str, Dict[str, object]]:
     """``{name: {"label", "run" (study -> StudyResult) | "na" (reason), "close"}}``."""
     from lumbar_edge.backends import select_backend
+    from lumbar_edge.backends.openvino import OpenVinoEngine
     from lumbar_edge.backends.ort import OrtEngine
     from lumbar_edge.bundle import Bundle
     from lumbar_edge.errors import LumbarEdgeError
@@ -63,6 +69,18 @@ def contenders(bundle_path: Path, batch: int, threads: Optional[int]) -> Dict[st
             continue
         pipe = Pipeline(bundle, OrtEngine.from_bundle(bundle, precision, threads=threads), batch_size=batch)
         out[name] = {"label": f"lumbar-edge, onnxruntime {precision} (CPU)", "run": pipe.run_study, "close": pipe.close}
+    for precision in ("int8", "fp32"):
+        name = f"lumbar-edge openvino {precision}"
+        why = OpenVinoEngine.unavailable_reason()
+        if why is None and precision not in bundle.precisions:
+            why = f"the bundle has no {precision} ONNX model"
+        if why is not None:
+            out[name] = {"label": name, "na": why}
+            continue
+        engine = OpenVinoEngine.from_bundle(bundle, precision, threads=threads, hint="latency")
+        pipe = Pipeline(bundle, engine, batch_size=batch)
+        out[name] = {"label": f"lumbar-edge, openvino {precision} (CPU, latency hint)", "run": pipe.run_study,
+                     "close": pipe.close}
     try:
         backend, why = select_backend("auto", ("tensorrt", "torch"))
         pipe = Pipeline.load(bundle_path, backend=backend, batch_size=batch)

@@ -7,6 +7,10 @@ Two levels:
 - :func:`evaluate_onnx` / :func:`accuracy_deltas` score a model on labelled validation samples
   with the training package's own validation (``evaluate_samples``: competition score and
   localisation error), through :class:`OrtModule`, which looks like the torch model to it.
+
+Where OpenVINO is installed, the same figures are taken of OpenVINO running the same file
+(:func:`openvino_outputs`, ``evaluate_onnx(..., runtime="openvino")``), so the manifest says how far
+each runtime that may serve the bundle is from the FP32 reference.
 """
 from __future__ import annotations
 
@@ -50,6 +54,77 @@ class OrtModule:
         if self.progress is not None:
             self.progress.update(len(array))
         return tuple(torch.from_numpy(outs[name]) for name in self.output_names)
+
+
+class EngineModule:
+    """A lumbar-edge :class:`~lumbar_edge.backends.base.Engine` dressed as the torch model, like
+    :class:`OrtModule`: activated on creation; :meth:`close` releases it."""
+
+    def __init__(self, engine, progress=None, batch: int = 16):
+        self.engine = engine.activate()
+        self.progress = progress
+        self.batch = batch
+
+    def eval(self) -> "EngineModule":
+        return self
+
+    def to(self, *args, **kwargs) -> "EngineModule":
+        return self
+
+    def __call__(self, images):
+        import torch
+
+        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        outs = engine_outputs(self.engine, array, self.batch)
+        if self.progress is not None:
+            self.progress.update(len(array))
+        return tuple(torch.from_numpy(outs[name]) for name in ("heatmap", "offset", "severity"))
+
+    def close(self) -> None:
+        self.engine.deactivate()
+
+
+def engine_outputs(engine, inputs: np.ndarray, batch: int = 16) -> Dict[str, np.ndarray]:
+    """An active engine's outputs on ``inputs``, run in chunks of ``batch``; name -> float32 array."""
+    parts = [engine.infer(np.ascontiguousarray(inputs[i:i + batch], dtype=np.float32))
+             for i in range(0, len(inputs), batch)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def openvino_outputs(path: Union[str, Path], precision: str, inputs: np.ndarray) -> Optional[Dict[str, np.ndarray]]:
+    """OpenVINO's outputs (CPU) for the ONNX model ``path`` run at ``precision`` on ``inputs``, or
+    None when openvino is not installed or the CPU does not run that precision. Raises
+    :class:`ExportError` when OpenVINO rejects the model (an INT8 graph its low-precision passes
+    cannot compile would fail every ``--backend openvino`` user: the export stops instead)."""
+    from lumbar_edge.backends.base import EngineError
+    from lumbar_edge.backends.openvino import OpenVinoEngine
+
+    if not OpenVinoEngine.is_available():
+        return None
+    if precision == "fp16" and "fp16" not in _openvino_cpu_precisions():
+        return None
+    engine = OpenVinoEngine(path, precision=precision)
+    try:
+        with engine:
+            return engine_outputs(engine, inputs)
+    except EngineError as exc:
+        raise ExportError(f"OpenVINO cannot run the {precision} model: {exc}") from exc
+
+
+def _openvino_cpu_precisions() -> Sequence[str]:
+    from lumbar_edge.backends.openvino import device_capabilities
+
+    return ["fp32", "int8"] + (["fp16"] if "FP16" in device_capabilities("CPU") else [])
+
+
+def openvino_version() -> Optional[str]:
+    """The installed OpenVINO's version, or None (read from the package metadata: no import)."""
+    import importlib.metadata as md
+
+    try:
+        return md.version("openvino")
+    except md.PackageNotFoundError:
+        return None
 
 
 def _peaks(heatmap: np.ndarray, offset: np.ndarray, stride: int):
@@ -106,11 +181,12 @@ def output_deltas(fp32: Union[str, Path, Mapping[str, np.ndarray]], other: Union
 
 
 def evaluate_onnx(path: Union[str, Path], samples, dataset, layout, train_labels=None, progress: bool = False,
-                  label: str = "validating") -> Dict[str, float]:
+                  label: str = "validating", runtime: str = "onnxruntime", precision: str = "fp32") -> Dict[str, float]:
     """Score the ONNX model ``path`` on validation ``samples`` (from ``build_samples``) with the
     training package's ``evaluate_samples``: score, prior_score, loc_px_median/mean,
     loc_mm_median, severity_acc. ``train_labels`` (for the class priors of unpredicted rows)
-    default to the dataset's labels.
+    default to the dataset's labels. ``runtime``: ``onnxruntime`` or ``openvino`` (which runs it
+    at ``precision``); raises the engine's errors when OpenVINO cannot run it.
     """
     import torch
 
@@ -119,6 +195,14 @@ def evaluate_onnx(path: Union[str, Path], samples, dataset, layout, train_labels
 
     labels = list(train_labels) if train_labels is not None else list(dataset.labels.values())
     with Progress(len(samples), label, enabled=progress) as bar:
+        if runtime == "openvino":
+            from lumbar_edge.backends.openvino import OpenVinoEngine
+
+            module = EngineModule(OpenVinoEngine(path, precision=precision), progress=bar)
+            try:
+                return evaluate_samples(module, samples, dataset, torch.device("cpu"), layout, labels)
+            finally:
+                module.close()
         module = OrtModule(path, progress=bar)
         return evaluate_samples(module, samples, dataset, torch.device("cpu"), layout, labels)
 
@@ -134,4 +218,5 @@ def accuracy_deltas(reference: Mapping[str, float], other: Mapping[str, float]) 
     return out
 
 
-__all__ = ["OrtModule", "output_deltas", "evaluate_onnx", "accuracy_deltas", "COMPARED_METRICS"]
+__all__ = ["COMPARED_METRICS", "EngineModule", "OrtModule", "accuracy_deltas", "engine_outputs", "evaluate_onnx",
+           "openvino_outputs", "openvino_version", "output_deltas"]

@@ -57,6 +57,11 @@ class ExportSummary:
                 deltas = acc.get("deltas")
                 if deltas:
                     line += "; validation deltas " + ", ".join(f"{k} {v:+.4f}" for k, v in deltas.items())
+                ov = acc.get("openvino")
+                if ov:
+                    line += f"; on OpenVINO {ov['version']}: peak agreement {ov['outputs']['peak_agreement']:.1%}"
+                    if ov.get("deltas"):
+                        line += ", validation deltas " + ", ".join(f"{k} {v:+.4f}" for k, v in ov["deltas"].items())
                 if entry.get("calibration"):
                     cal = entry["calibration"]
                     line += f"; calibrated ({cal['method']}) on {cal['num_slices']} slices"
@@ -106,7 +111,7 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
     """
     from lumbar_edge.training.data import RsnaDataset, build_samples
 
-    from .accuracy import accuracy_deltas, evaluate_onnx, output_deltas
+    from .accuracy import accuracy_deltas, evaluate_onnx, openvino_outputs, openvino_version, output_deltas
     from .bundle_writer import build_manifest, write_bundle
     from .fp16 import convert_to_fp16
     from .int8 import calibration_inputs_from_folder, check_qdq, quantize_int8
@@ -163,6 +168,19 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
         files[MODEL_FILES["fp32"]] = fp32_path
         models.append({"precision": "fp32", "file": MODEL_FILES["fp32"], "opset": opset,
                        "parity": exported.parity.to_dict()})
+        # Where OpenVINO is installed, each model is also run there and compared with the same
+        # FP32 reference (ONNX Runtime's outputs), so the manifest covers both CPU runtimes.
+        ov_version = openvino_version()
+        reference = None
+        if ov_version is not None:
+            from .onnx_export import ort_outputs
+
+            reference = ort_outputs(fp32_path, compare_inputs)
+            ov_fp32 = openvino_outputs(fp32_path, "fp32", compare_inputs)
+            if ov_fp32 is not None:
+                models[0]["openvino"] = {"version": ov_version,
+                                         "outputs_vs_onnxruntime": output_deltas(reference, ov_fp32, groups=groups,
+                                                                                 stride=4)}
         if val_samples:
             validation["fp32"] = evaluate_onnx(fp32_path, val_samples, val_dataset, layout, progress=progress,
                                                train_labels=train_labels, label="validating fp32")
@@ -195,6 +213,16 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
                 accuracy["deltas"] = accuracy_deltas(validation["fp32"], metrics)
                 accuracy["validation_source"] = str(val)
                 accuracy["validation_slices"] = len(val_samples)
+            ov_out = openvino_outputs(path, precision, compare_inputs) if reference is not None else None
+            if ov_out is not None:
+                ov: Dict[str, object] = {"version": ov_version,
+                                         "outputs": output_deltas(reference, ov_out, groups=groups, stride=4)}
+                if val_samples:
+                    ov["validation"] = evaluate_onnx(path, val_samples, val_dataset, layout, train_labels,
+                                                     progress=progress, label=f"validating {precision} (openvino)",
+                                                     runtime="openvino", precision=precision)
+                    ov["deltas"] = accuracy_deltas(validation["fp32"], ov["validation"])
+                accuracy["openvino"] = ov
             entry["accuracy_vs_fp32"] = accuracy
             files[MODEL_FILES[precision]] = path
             models.append(entry)

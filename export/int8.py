@@ -10,13 +10,16 @@ Calibration runs the FP32 model over preprocessed slices (the project's own prep
 through :func:`calibration_inputs_from_folder` or arrays from the caller), one slice per step.
 
 What stays in floating point, and why (:data:`DEFAULT_INT8_EXCLUDE_PREFIXES`,
-:data:`DEFAULT_INT8_EXCLUDE_NODES`, :data:`DEFAULT_INT8_OP_TYPES`):
+:data:`DEFAULT_INT8_EXCLUDE_ALL_PREFIXES`, :data:`DEFAULT_INT8_EXCLUDE_NODES`,
+:data:`DEFAULT_INT8_OP_TYPES`):
 - the attention arithmetic (``/attention/pam/`` MatMul/Softmax/Mul/Add and all of
   ``/attention/cam/``): activation-by-activation products with a softmax after them; a per-tensor
   INT8 scale cannot hold both the large energies and the small attention weights;
 - the three heads' final 1x1 convolutions (``/heatmap_head/out/Conv`` ...): their outputs are the
   logits and sub-cell offsets the decoder reads directly; they are tiny (1x1, few channels), so
   keeping them FP costs nothing and protects localisation;
+- the coordinate channels (every node under ``/coords``, :data:`DEFAULT_INT8_EXCLUDE_ALL_PREFIXES`):
+  a constant ramp resized to the feature map, nothing to calibrate;
 - biases (``QuantizeBias: False``): TensorRT fuses float biases into INT8 convolutions and does
   not take INT32 ``DequantizeLinear`` bias inputs.
 Only the ops TensorRT runs in INT8 are quantized: Conv, Add (residual joins), MaxPool, Concat,
@@ -41,6 +44,9 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_INT8_OP_TYPES = ("Conv", "Add", "MaxPool", "Concat", "Resize", "GlobalAveragePool")
 DEFAULT_INT8_EXCLUDE_NODES = ("/heatmap_head/out/Conv", "/offset_head/out/Conv", "/severity_head/out/Conv")
 DEFAULT_INT8_EXCLUDE_PREFIXES = ("/attention/pam/", "/attention/cam/")
+#: Nodes kept in floating point whatever their op type: the coordinate channels are a constant
+#: ramp resized to the feature map (``CoordChannels``), nothing an activation scale should round.
+DEFAULT_INT8_EXCLUDE_ALL_PREFIXES = ("/coords",)
 #: The attention prefixes exclude only these op types (the PAM's 1x1 query/key/value convs quantize well).
 _ATTENTION_MATH_OPS = {"MatMul", "Softmax", "Mul", "Add", "Sub", "ReduceMax"}
 #: TensorRT explicit quantization: QuantizeLinear/DequantizeLinear need opset 13+.
@@ -144,7 +150,8 @@ def _excluded(model: onnx.ModelProto, exclude_nodes: Sequence[str], exclude_pref
     names = set(exclude_nodes)
     out = []
     for node in model.graph.node:
-        by_prefix = any(node.name.startswith(p) for p in exclude_prefixes) and node.op_type in _ATTENTION_MATH_OPS
+        by_prefix = (any(node.name.startswith(p) for p in exclude_prefixes) and node.op_type in _ATTENTION_MATH_OPS) \
+            or any(node.name.startswith(p) for p in DEFAULT_INT8_EXCLUDE_ALL_PREFIXES)
         if node.name in names or by_prefix:
             out.append(node.name)
     return out

@@ -150,7 +150,10 @@ def evaluate(predictions: Path, labels_path: Path, only_predicted_studies: bool,
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--model", required=True, type=click.Path(path_type=Path), help="Model bundle folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (not inside PATH).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "torch", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "torch", "openvino", "onnxruntime"]), default="auto",
+              show_default=True)
+@click.option("--device", default=None, metavar="NAME",
+              help="OpenVINO device: CPU, GPU (Intel iGPU/Arc), AUTO... (implies --backend openvino).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Model precision (default: the best the backend runs).")
 @click.option("--batch-size", type=click.IntRange(1, 64), default=8, show_default=True)
@@ -158,12 +161,13 @@ def evaluate(predictions: Path, labels_path: Path, only_predicted_studies: bool,
 @click.option("--heatmaps", is_flag=True, help="Blend the heatmaps into the overlays.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.pass_context
-def infer(ctx, path, model, out_dir, backend, precision, batch_size, no_overlays, heatmaps, quiet) -> None:
+def infer(ctx, path, model, out_dir, backend, device, precision, batch_size, no_overlays, heatmaps, quiet) -> None:
     """Grade every study under PATH (a study folder or a root of many) with the bundle MODEL."""
     from .infer import run_infer
 
-    summary = run_infer(path, model, out_dir, backend=backend, precision=precision, batch_size=batch_size,
-                        overlays=not no_overlays, heatmaps=heatmaps, progress=not quiet, echo=click.echo)
+    summary = run_infer(path, model, out_dir, backend=backend, device=device, precision=precision,
+                        batch_size=batch_size, overlays=not no_overlays, heatmaps=heatmaps, progress=not quiet,
+                        echo=click.echo)
     click.echo(summary.describe())
     if not summary.ok:
         ctx.exit(1)
@@ -171,7 +175,7 @@ def infer(ctx, path, model, out_dir, backend, precision, batch_size, no_overlays
 
 @cli.command()
 @click.option("--model", required=True, type=click.Path(path_type=Path), help="Model bundle folder.")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "torch", "tensorrt"]),
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["onnxruntime", "openvino", "torch", "tensorrt"]),
               help="Repeatable (default: every backend; those that cannot run here are listed as n/a with the reason).")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Repeatable (default: every precision each backend runs for the bundle).")
@@ -181,20 +185,23 @@ def infer(ctx, path, model, out_dir, backend, precision, batch_size, no_overlays
                    "15-19 sagittal and 30-40 axial slices).")
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True, help="Untimed runs per row.")
 @click.option("--iters", type=click.IntRange(1), default=5, show_default=True, help="Timed runs per row.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads (default: the usable CPUs).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="ONNX Runtime and OpenVINO CPU threads (default: the usable CPUs).")
+@click.option("--device", default=None, metavar="NAME", help="OpenVINO device for its rows (default: CPU).")
 @click.option("--no-overlays", is_flag=True, help="Write only the JSON report (default: JSON and overlays, as infer).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the results as JSON.")
 @click.option("--chart", type=click.Path(path_type=Path), default=None,
               help="PNG chart of the stage split (default: beside --json, same name with .png).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
-def bench(ctx, model, backends, precisions, batch, study, warmup, iters, threads, no_overlays, json_path, chart,
-          quiet) -> None:
+def bench(ctx, model, backends, precisions, batch, study, warmup, iters, threads, device, no_overlays, json_path,
+          chart, quiet) -> None:
     """Time study in, report out on every backend and precision this machine runs, split by stage."""
     from .bench import BenchOptions, format_report, parse_batches, run_bench, write_chart, write_json
 
     opts = BenchOptions(model=model, backends=backends, precisions=precisions, batches=parse_batches(batch),
-                        study=study, warmup=warmup, iters=iters, threads=threads, overlays=not no_overlays)
+                        study=study, warmup=warmup, iters=iters, threads=threads, device=device,
+                        overlays=not no_overlays)
     report = run_bench(opts, progress=not quiet)
     click.echo(format_report(report))
     if json_path:
@@ -273,13 +280,16 @@ def export_cmd(checkpoint, precisions, out_dir, calib, calib_slices, calib_metho
 @click.option("--hold-timeout", type=float, default=86400.0, show_default=True,
               help="Seconds a study from an aborted association waits to be sent again before it is set aside.")
 @click.option("--keep-spool", is_flag=True, help="Keep received instances after processing.")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "torch", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "torch", "openvino", "onnxruntime"]), default="auto",
+              show_default=True)
+@click.option("--device", default=None, metavar="NAME",
+              help="OpenVINO device: CPU, GPU (Intel iGPU/Arc), AUTO... (implies --backend openvino).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Model precision (default: the best the backend runs).")
 @click.option("--no-overlays", is_flag=True, help="Skip the PNG overlays (the DICOM Secondary Captures are still made).")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def serve(model, spool, out_dir, ae_title, port, host, forward, allow, quiet_time, max_associations, max_pdu,
-          max_spool_mb, hold_timeout, keep_spool, backend, precision, no_overlays, verbose) -> None:
+          max_spool_mb, hold_timeout, keep_spool, backend, device, precision, no_overlays, verbose) -> None:
     """DICOM listener: receive MR studies (C-STORE), grade each, answer with a DICOM SR and overlays."""
     import logging
 
@@ -293,7 +303,7 @@ def serve(model, spool, out_dir, ae_title, port, host, forward, allow, quiet_tim
                          forward=parse_forward(forward) if forward else None, allow=tuple(allow),
                          quiet_time=quiet_time, hold_timeout=hold_timeout, max_associations=max_associations,
                          max_pdu=max_pdu, max_spool_bytes=int(max_spool_mb * 2 ** 20), keep_spool=keep_spool,
-                         backend=backend, precision=precision, overlays=not no_overlays)
+                         backend=backend, device=device, precision=precision, overlays=not no_overlays)
     run_server(config, echo=click.echo)
 
 

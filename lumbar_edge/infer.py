@@ -72,10 +72,11 @@ def write_study_outputs(result, out: Path, *, overlays: bool = True, heatmaps: b
 
 
 def run_infer(path: Path, model: Path, out: Path, *, backend: str = "auto", precision: Optional[str] = None,
-              batch_size: int = 8, overlays: bool = True, heatmaps: bool = False, progress: bool = True,
-              prefetch: int = 1, echo=print) -> InferSummary:
+              device: Optional[str] = None, batch_size: int = 8, overlays: bool = True, heatmaps: bool = False,
+              progress: bool = True, prefetch: int = 1, echo=print) -> InferSummary:
     """Run every study under ``path`` through the bundle ``model``; write results into ``out``.
 
+    ``device``: an OpenVINO device (implies the openvino backend).
     ``prefetch``: studies decoded and preprocessed ahead in a background thread while the engine
     runs (:meth:`Pipeline.run`), and each study's reports written in another while the engine
     runs the next; 0 runs the stages one after another.
@@ -93,7 +94,8 @@ def run_infer(path: Path, model: Path, out: Path, *, backend: str = "auto", prec
     if _inside(out, path if path.is_dir() else path.parent):
         raise InputError(f"the output folder {out} is inside the input {path}; the input is never written to")
     start = time.perf_counter()
-    pipeline = Pipeline.load(model, backend=backend, precision=precision, batch_size=batch_size, keep_heatmaps=heatmaps)
+    pipeline = Pipeline.load(model, backend=backend, precision=precision, device=device, batch_size=batch_size,
+                             keep_heatmaps=heatmaps)
     echo(f"model: {pipeline.description}")
     echo(f"backend: {pipeline.backend_reason}")
     scan = scan_path(path, progress=progress)

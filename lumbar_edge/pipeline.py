@@ -58,17 +58,25 @@ class Pipeline:
 
     @classmethod
     def load(cls, bundle_path, backend: str = "auto", precision: Optional[str] = None, **kwargs) -> "Pipeline":
-        """Open a bundle and an engine for it. ``backend`` is ``auto`` or a backend name;
+        """Open a bundle and an activated engine for it. ``backend`` is ``auto`` or a backend name;
         ``precision`` defaults to the best the backend runs (INT8, else FP32 on the CPU).
-        :attr:`backend_reason` says which backend was picked and why."""
-        from .backends import open_engine, select_backend
+        ``threads``, ``device`` (an OpenVINO device name) and ``hint`` (``latency`` for a study at
+        a time, ``throughput`` for many) go to the engine; the other keywords to the pipeline.
+        With ``auto``, a backend that cannot run this bundle here is passed over
+        (:func:`~lumbar_edge.backends.activate_engine`); :attr:`backend_reason` says which backend
+        was picked and why. Raises what ``activate_engine`` raises."""
+        from .backends import activate_engine
         from .bundle import Bundle
 
         bundle = Bundle.load(Path(bundle_path))
-        engine_kwargs = {k: kwargs.pop(k) for k in ("threads",) if k in kwargs}
-        name, reason = select_backend(backend)
-        engine = open_engine(bundle, backend=name, precision=precision, **engine_kwargs)
-        pipeline = cls(bundle, engine, **kwargs)
+        engine_kwargs = {k: kwargs.pop(k) for k in ("threads", "device", "hint") if k in kwargs}
+        engine, reason = activate_engine(bundle, backend=backend, precision=precision, **engine_kwargs)
+        try:
+            pipeline = cls(bundle, engine, **kwargs)
+        except BaseException:
+            engine.deactivate()
+            raise
+        pipeline._active = True
         pipeline.backend_reason = reason
         return pipeline
 

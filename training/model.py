@@ -161,9 +161,10 @@ class CoordChannels(nn.Module):
     """Appends two channels to a feature map: x and y running linearly from -1 to 1 across it.
 
     The ramps are a constant 2x2 map resized to the feature map's size (bilinear, corners
-    aligned, so the ends are exactly -1 and 1) and broadcast over the batch: ONNX ``Resize`` with
-    sizes from the tensor and ``Add``, which every runtime of the project has, no shape arithmetic
-    in Python."""
+    aligned, so the ends are exactly -1 and 1) and expanded over the batch: ONNX ``Resize`` with
+    sizes from the tensor and ``Expand``, which every runtime of the project has, no shape
+    arithmetic in Python. (Broadcasting by ``x * 0 + ramps`` instead put an INT8 Add of two
+    dequantized tensors in the Q/DQ model, which OpenVINO's low-precision passes reject.)"""
 
     def __init__(self):
         super().__init__()
@@ -172,7 +173,7 @@ class CoordChannels(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         coords = F.interpolate(self.ramp.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=True)
-        return torch.cat([x, x[:, :2] * 0 + coords], dim=1)
+        return torch.cat([x, coords.expand(x.shape[0], -1, -1, -1)], dim=1)
 
 
 class ASPPPooling(nn.Module):

@@ -36,7 +36,7 @@ def format_report(report: BenchReport) -> str:
         f"lumbar-edge bench: {d['bundle']['name']} ({d['bundle']['input'][0]}x{d['bundle']['input'][1]} px), "
         f"study {st['study_id']}{' (synthetic)' if st.get('synthetic') else ''}: {st['files']} files ({series})",
         f"machine: {m['processor']}, {m['cpus']} CPUs, {m['gpu'] or 'no GPU'}; Python {m['python']}, "
-        f"onnxruntime {m['onnxruntime']}, torch {m['torch']}",
+        f"onnxruntime {m['onnxruntime']}, openvino {m.get('openvino')}, torch {m['torch']}",
         f"job: {d['settings']['job']}; {d['settings']['warmup']} warm-up + {d['settings']['iters']} timed runs per row",
         "",
     ]

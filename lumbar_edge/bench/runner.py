@@ -22,7 +22,7 @@ from .memory import host_peak, reset_host_peak
 from .timer import DEVICE_STAGES, STAGES, StageTimer, percentiles
 
 #: The backends a bench covers by default, in the order rows are listed.
-BENCH_BACKENDS = ("onnxruntime", "torch", "tensorrt")
+BENCH_BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
 #: Pipeline timings that are stages of their own (the rest of ``infer`` is batching overhead).
 _PIPELINE_STAGES = ("scan", "decode_pixels", "preprocess")
 
@@ -50,6 +50,8 @@ class BenchOptions:
     warmup: int = 1
     iters: int = 5
     threads: Optional[int] = None
+    #: The OpenVINO device of the openvino rows (None: CPU).
+    device: Optional[str] = None
     overlays: bool = True
     seed: int = 0
 
@@ -99,7 +101,7 @@ def machine_info() -> Dict[str, object]:
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "os": platform.platform(), "python": platform.python_version(), "lumbar_edge": __version__,
         "numpy": version("numpy"), "pydicom": version("pydicom"), "onnxruntime": version("onnxruntime"),
-        "torch": version("torch"), "tensorrt": version("tensorrt") or version("tensorrt-lean-cu13"),
+        "openvino": version("openvino"), "torch": version("torch"), "tensorrt": version("tensorrt") or version("tensorrt-lean-cu13"),
     }
     try:
         from ..backends.cuda_resources import device_info, gpu_missing_reason
@@ -169,7 +171,9 @@ def _run_row(bundle, backend: str, precision: str, batch: int, study: Path, opts
     from ..infer import write_study_outputs
     from ..pipeline import Pipeline
 
-    engine = open_engine(bundle, backend=backend, precision=precision, threads=opts.threads)
+    # A bench times one study at a time: the latency hint where a backend has one.
+    engine = open_engine(bundle, backend=backend, precision=precision, threads=opts.threads, hint="latency",
+                         device=opts.device if backend == "openvino" else None)
     timer = StageTimer()
     engine.timer = timer
     totals: List[float] = []
@@ -254,7 +258,7 @@ def run_bench(opts: BenchOptions, *, progress: bool = True) -> BenchReport:
                     "in_channels": bundle.in_channels, "precisions": bundle.precisions},
             study=study_info,
             settings={"batches": list(opts.batches), "warmup": opts.warmup, "iters": opts.iters,
-                      "threads": opts.threads, "overlays": opts.overlays,
+                      "threads": opts.threads, "device": opts.device, "overlays": opts.overlays,
                       "job": "study folder in, JSON report" + (" and PNG overlays" if opts.overlays else "") + " out"})
         with Progress(len(runnable) * len(opts.batches) * (opts.warmup + opts.iters), "benchmarking",
                       enabled=progress) as bar:

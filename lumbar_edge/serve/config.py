@@ -95,6 +95,8 @@ class ServeConfig:
     keep_spool: bool = False
     backend: str = "auto"
     precision: Optional[str] = None
+    #: An OpenVINO device (CPU, GPU, AUTO...); implies the openvino backend.
+    device: Optional[str] = None
     overlays: bool = True
 
     def checked(self) -> "ServeConfig":

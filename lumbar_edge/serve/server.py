@@ -47,7 +47,9 @@ class Server:
         if self.pipeline is None:
             from ..pipeline import Pipeline
 
-            self.pipeline = Pipeline.load(cfg.model, backend=cfg.backend, precision=cfg.precision)
+            # One study at a time: the latency hint (all threads on one request).
+            self.pipeline = Pipeline.load(cfg.model, backend=cfg.backend, precision=cfg.precision, device=cfg.device,
+                                          hint="latency")
         log.info("model: %s; backend: %s", self.pipeline.description, self.pipeline.backend_reason)
         self.spool = Spool(cfg.spool, cfg.max_spool_bytes, cfg.min_free_bytes)
         self.spool.open()

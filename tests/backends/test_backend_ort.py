@@ -6,60 +6,14 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx_models import C, H, W, build_model, images, reference, tiny_bundle_of  # noqa: E402
 
 from lumbar_edge.backends import open_engine  # noqa: E402
 from lumbar_edge.backends.base import EngineError  # noqa: E402
 from lumbar_edge.backends.ort import OrtEngine  # noqa: E402
-from lumbar_edge.bundle import Bundle, BundleError  # noqa: E402
+from lumbar_edge.bundle import BundleError  # noqa: E402
 from lumbar_edge.errors import InputError  # noqa: E402
 from lumbar_edge.labels import HeadLayout  # noqa: E402
-from lumbar_edge.preprocess import PreprocessConfig  # noqa: E402
-
-C, H, W = 2, 16, 24
-
-
-def weights(k, groups, c=C, seed=0):
-    rng = np.random.default_rng(seed)
-    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-    return {"wh": f(k, c, 4, 4), "bh": f(k), "wo": f(2 * k, c, 4, 4), "bo": f(2 * k),
-            "ws": f(3 * groups, c, 1, 1), "bs": f(3 * groups)}
-
-
-def build_model(path, k=3, groups=1, batch="N", c=C, h=H, w=W, names=("heatmap", "offset", "severity"), seed=0):
-    """image [N, C, H, W] -> heatmap = Conv4x4/4, offset = Conv4x4/4, severity = Conv1x1(AveragePool4/4)."""
-    wts = weights(k, groups, c, seed)
-    inits = [numpy_helper.from_array(v, name=n) for n, v in wts.items()]
-    nodes = [
-        helper.make_node("Conv", ["image", "wh", "bh"], [names[0]], kernel_shape=[4, 4], strides=[4, 4]),
-        helper.make_node("Conv", ["image", "wo", "bo"], [names[1]], kernel_shape=[4, 4], strides=[4, 4]),
-        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]),
-        helper.make_node("Conv", ["pooled", "ws", "bs"], [names[2]], kernel_shape=[1, 1]),
-    ]
-    out_dims = lambda ch: [batch, ch, h // 4, w // 4]  # noqa: E731
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, c, h, w])],
-        [helper.make_tensor_value_info(names[0], TensorProto.FLOAT, out_dims(k)),
-         helper.make_tensor_value_info(names[1], TensorProto.FLOAT, out_dims(2 * k)),
-         helper.make_tensor_value_info(names[2], TensorProto.FLOAT, out_dims(3 * groups))], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return wts
-
-
-def reference(images, wts):
-    """The same graph in numpy: stride-4 4x4 convolutions are sums over 4x4 blocks."""
-    n, c, h, w = images.shape
-    blocks = images.astype(np.float64).reshape(n, c, h // 4, 4, w // 4, 4)
-    conv = lambda wk, b: np.einsum("nciajb,kcab->nkij", blocks, wk) + b[None, :, None, None]  # noqa: E731
-    pooled = blocks.mean(axis=(3, 5))
-    sev = np.einsum("ncij,kc->nkij", pooled, wts["ws"][:, :, 0, 0]) + wts["bs"][None, :, None, None]
-    return {"heatmap": conv(wts["wh"], wts["bh"]), "offset": conv(wts["wo"], wts["bo"]), "severity": sev}
-
-
-def images(n, seed=1, c=C, h=H, w=W):
-    return np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(np.float32)
 
 
 @pytest.fixture
@@ -170,22 +124,13 @@ def test_backend_modules_import_without_onnxruntime():
     assert out.stdout.strip() == ""
 
 
-def _bundle(tmp_path, layout, models):
-    """A Bundle object over a folder with the given ONNX files (the constructor does not verify:
-    only the parts open_engine reads are needed)."""
-    manifest = {"name": "tiny", "input": {"name": "image", "channels": C, "height": H, "width": W},
-                "preprocess": PreprocessConfig(height=H, width=W, in_channels=C).to_dict(),
-                "layout": layout.to_dict(), "models": [{"precision": p, "file": f} for p, f in models]}
-    return Bundle(tmp_path, manifest)
-
-
-def test_open_engine_on_a_bundle(tmp_path):
+def test_open_engine_on_atiny_bundle_of(tmp_path):
     layout = HeadLayout(views=("sagittal_t2",))  # K = 5, one condition
     build_model(tmp_path / "model.onnx", k=5, groups=1)
     wts = build_model(tmp_path / "model.int8.onnx", k=5, groups=1, seed=3)
-    bundle = _bundle(tmp_path, layout, [("fp32", "model.onnx"), ("int8", "model.int8.onnx")])
+    bundle = tiny_bundle_of(tmp_path, layout, [("fp32", "model.onnx"), ("int8", "model.int8.onnx")])
     # INT8 is preferred on the CPU when the bundle has it, whatever the manifest's order.
-    engine = open_engine(bundle, threads=1)
+    engine = open_engine(bundle, "onnxruntime", threads=1)
     assert isinstance(engine, OrtEngine) and not engine.is_active
     assert engine.precision == "int8" and engine.model_path.name == "model.int8.onnx" and engine.threads == 1
     with engine:
@@ -193,12 +138,12 @@ def test_open_engine_on_a_bundle(tmp_path):
         np.testing.assert_allclose(engine.infer(x)["heatmap"], reference(x, wts)["heatmap"], rtol=1e-4, atol=1e-4)
     assert open_engine(bundle, "onnxruntime", "fp32").model_path.name == "model.onnx"
     with pytest.raises(BundleError, match="no fp16 model"):
-        open_engine(bundle, precision="fp16")
+        open_engine(bundle, "onnxruntime", precision="fp16")
 
 
 def test_a_model_that_disagrees_with_the_bundle_layout_is_caught(tmp_path):
     build_model(tmp_path / "model.onnx", k=3, groups=1)
-    bundle = _bundle(tmp_path, HeadLayout(views=("sagittal_t2",)), [("fp32", "model.onnx")])
-    with open_engine(bundle) as engine:
+    bundle = tiny_bundle_of(tmp_path, HeadLayout(views=("sagittal_t2",)), [("fp32", "model.onnx")])
+    with open_engine(bundle, "onnxruntime") as engine:
         with pytest.raises(EngineError, match="3 keypoint channels; the bundle's layout has 5"):
             engine.infer(images(1))

@@ -5,10 +5,11 @@ import pytest
 SIZE = 64
 
 
-def make_checkpoint(path, size=SIZE, seed=0):
+def make_checkpoint(path, size=SIZE, seed=0, **model_options):
     """Write a checkpoint dict as ``training.train.save_checkpoint`` does, for a tiny network whose
     attention gammas, BatchNorm statistics and head weights are not at their identity/zero init
-    (so every part of the graph affects the outputs)."""
+    (so every part of the graph affects the outputs). ``model_options``: other ModelConfig fields
+    (``coord_channels=True``...)."""
     import torch
 
     from lumbar_edge.labels import HeadLayout
@@ -17,7 +18,7 @@ def make_checkpoint(path, size=SIZE, seed=0):
 
     layout = HeadLayout(views=("sagittal_t2",))
     cfg = ModelConfig(width=8, decoder_channels=16, low_level_channels=8, head_channels=8, in_channels=3,
-                      num_keypoints=layout.num_keypoints, num_conditions=layout.num_conditions)
+                      num_keypoints=layout.num_keypoints, num_conditions=layout.num_conditions, **model_options)
     torch.manual_seed(seed)
     model = build_model(cfg)
     with torch.no_grad():

@@ -1,0 +1,264 @@
+"""OpenVINO backend: the fastest CPU engine on x86 consoles and workstations without an NVIDIA GPU.
+
+It runs the bundle's own ONNX files: FP32, and the INT8 Q/DQ model the export calibrated once for
+TensorRT and ONNX Runtime (OpenVINO's low-precision passes turn each DequantizeLinear -> Conv ->
+QuantizeLinear into a real INT8 convolution). FP16 runs where the device computes in FP16 (Intel
+GPUs, CPUs with AVX512-FP16); elsewhere it is refused rather than silently run in FP32.
+
+``openvino`` is imported only in :meth:`OpenVinoEngine._activate` (and in :func:`device_capabilities`),
+so importing this module is cheap and works without it; the ``openvino`` extra installs it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from ...errors import InputError
+from ..base import OUTPUT_NAMES, Engine, EngineError, _dims
+
+#: Precisions in the order this backend prefers them when the caller names none: INT8 (Q/DQ) is
+#: the fastest on CPUs, and the export records its accuracy delta in the manifest.
+PREFERRED_PRECISIONS: Tuple[str, ...] = ("int8", "fp32", "fp16")
+#: ``hint`` values: one request with every thread on it (``latency``: a study at a time, ``serve``,
+#: ``bench``), or several streams each running a slice of the batch (``throughput``).
+HINTS: Tuple[str, ...] = ("latency", "throughput")
+#: Devices OpenVINO composes from real ones; they are not in ``Core.available_devices``.
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+#: The compute precision asked of the device per model precision. FP32 and INT8 models keep their
+#: floating-point parts in FP32, as ONNX Runtime runs them: OpenVINO's CPU default is BF16 on CPUs
+#: that have it (AMX, AVX512-BF16) and FP16 on GPUs, which would make "fp32" mean something else
+#: on each machine and the grades differ from the other backends'.
+_INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "fp16": "f16"}
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask in containers), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux: no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # OpenVINO's messages start with the C++ source location ("Exception from src/...:123:");
+    # the reason is on the lines after it.
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Exception from")]
+    return lines[0] if lines else (text.splitlines()[0] if text else type(exc).__name__)
+
+
+#: What OpenVINO raises for unreadable models, failed compiles and failed runs (its C++
+#: exceptions arrive as RuntimeError; argument conversions as TypeError/ValueError).
+_OV_ERRORS = (RuntimeError, ValueError, TypeError, OSError)
+
+
+def device_capabilities(device: str = "CPU") -> List[str]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of ``device`` (e.g. ``['FP32', 'INT8', ...]``);
+    empty when openvino is missing or the device is absent."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return []
+    core = ov.Core()
+    base = device.split(".")[0].split(":")[0]
+    if base in VIRTUAL_DEVICES or not any(d.split(".")[0] == base for d in core.available_devices):
+        return []
+    try:
+        return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+    except _OV_ERRORS:
+        return []
+
+
+def _int8_convolutions(compiled) -> Optional[str]:
+    """``"40 of 43"``: how many of the compiled model's convolutions run in INT8 (what OpenVINO's
+    low-precision passes made of the Q/DQ pairs), or None where the device does not say (GPU)."""
+    try:
+        ops = compiled.get_runtime_model().get_ordered_ops()
+        kinds = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str))
+                 for op in ops]
+    except (*_OV_ERRORS, KeyError):
+        # Only the CPU plugin's runtime graph carries these execution-node entries.
+        return None
+    convs = [precision for kind, precision in kinds if kind == "Convolution"]
+    return f"{sum(p in ('u8', 'i8') for p in convs)} of {len(convs)}"
+
+
+class OpenVinoEngine(Engine):
+    """Runs an ONNX model with OpenVINO.
+
+    ``device``: an OpenVINO device name (``CPU``, ``GPU``, ``GPU.1``, ``AUTO``...); it must be
+    present here. ``threads``: CPU inference threads (default: the CPUs this process may use;
+    ignored by other devices). ``hint``: ``latency`` or ``throughput`` (:data:`HINTS`); in
+    throughput mode a batch is split across the device's optimal number of requests, run at once.
+    The model is compiled once with a dynamic batch (read from the model: ``[N, C, H, W]``, float32
+    input; float32 ``heatmap``, ``offset``, ``severity`` outputs) and the compute precision of
+    :data:`_INFERENCE_PRECISION`.
+    """
+
+    name = "openvino"
+    DEPENDENCIES = (("openvino", "openvino"),)
+    EXTRA = "openvino"
+
+    def __init__(self, model_path: Union[str, Path], *, device: str = "CPU", threads: Optional[int] = None,
+                 hint: str = "latency", max_batch: int = 64, precision: str = "fp32",
+                 num_keypoints: Optional[int] = None, num_conditions: Optional[int] = None):
+        super().__init__(precision=precision, max_batch=max_batch, num_keypoints=num_keypoints,
+                         num_conditions=num_conditions)
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise InputError(f"threads must be a positive integer, got {threads!r}")
+        if hint not in HINTS:
+            raise InputError(f"hint must be one of {', '.join(HINTS)}, got {hint!r}")
+        if not isinstance(device, str) or not device.strip():
+            raise InputError(f"device must be an OpenVINO device name such as CPU, GPU or AUTO, got {device!r}")
+        if precision not in _INFERENCE_PRECISION:
+            raise InputError(f"precision must be one of {', '.join(_INFERENCE_PRECISION)}, got {precision!r}")
+        self.model_path = Path(model_path)
+        self.device = device.strip()
+        self.threads = threads if threads is not None else _cpu_count()
+        self.hint = hint
+        self.version: Optional[str] = None
+        self._compiled = None
+        self._requests: List[object] = []
+        self._outputs: Dict[str, object] = {}
+        self._settings: Dict[str, object] = {}
+
+    @classmethod
+    def from_bundle(cls, bundle, precision: Optional[str] = None, *, device: str = "CPU",
+                    threads: Optional[int] = None, hint: str = "latency", max_batch: int = 64) -> "OpenVinoEngine":
+        """An engine for ``bundle``'s ONNX model of ``precision`` (default: the first of
+        :data:`PREFERRED_PRECISIONS` the bundle has). Raises the bundle's ``BundleError`` when it
+        has no model of that precision."""
+        if precision is None:
+            available = bundle.precisions
+            precision = next((p for p in PREFERRED_PRECISIONS if p in available), available[0])
+        layout = bundle.layout
+        return cls(bundle.model_path(precision), device=device, threads=threads, hint=hint, max_batch=max_batch,
+                   precision=precision, num_keypoints=layout.num_keypoints, num_conditions=layout.num_conditions)
+
+    @classmethod
+    def precisions_for(cls, bundle) -> List[str]:
+        """The bundle's precisions this backend runs on the CPU: FP32 and INT8, and FP16 only where
+        the CPU computes in FP16 (otherwise OpenVINO would run it in FP32 under the FP16 name)."""
+        fp16 = "FP16" in device_capabilities("CPU")
+        return [p for p in bundle.precisions if p != "fp16" or fp16]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _check_device(self, core) -> None:
+        base = self.device.split(":")[0].split(".")[0]
+        available = list(core.available_devices)
+        if base in VIRTUAL_DEVICES:
+            return
+        if self.device not in available and not any(d.split(".")[0] == self.device for d in available):
+            raise EngineError(f"OpenVINO {self.version} has no device {self.device!r} here; "
+                              f"available: {', '.join(available) or 'none'} (or AUTO)")
+        if self.precision == "fp16" and "FP16" not in device_capabilities(self.device):
+            raise EngineError(f"the OpenVINO device {self.device} does not compute in FP16 (it offers "
+                              f"{', '.join(device_capabilities(self.device)) or 'nothing'}); use fp32 or int8")
+
+    def _config(self) -> Dict[str, object]:
+        config: Dict[str, object] = {"PERFORMANCE_HINT": self.hint.upper(),
+                                     "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[self.precision]}
+        if self.device.split(".")[0] == "CPU":
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        return config
+
+    def _activate(self) -> None:
+        import openvino as ov
+
+        self.version = ov.__version__.split("-")[0]
+        if not self.model_path.is_file():
+            raise InputError(f"no ONNX model at {self.model_path}")
+        core = ov.Core()
+        self._check_device(core)
+        try:
+            model = core.read_model(str(self.model_path))
+        except _OV_ERRORS as exc:
+            raise EngineError(f"OpenVINO cannot read {self.model_path.name}: {_first_line(exc)}") from exc
+        if len(model.inputs) != 1:
+            raise EngineError(f"{self.model_path.name} has {len(model.inputs)} inputs; the model contract has one "
+                              f"([N, C, H, W] image)")
+        port = model.inputs[0]
+        shape = port.get_partial_shape()
+        if port.get_element_type() != ov.Type.f32 or shape.rank.is_dynamic or shape.rank.get_length() != 4:
+            raise EngineError(f"{self.model_path.name}: input {port.get_any_name()!r} is {port.get_element_type()} "
+                              f"{shape}; expected a float32 [N, C, H, W] tensor")
+        outputs = {name: out for out in model.outputs for name in out.get_names()}
+        missing = [n for n in OUTPUT_NAMES if n not in outputs]
+        if missing:
+            raise EngineError(f"{self.model_path.name} has no {', '.join(missing)} output "
+                              f"(it has {', '.join(sorted(outputs))}); the model contract names heatmap, offset, severity")
+        wrong = [f"{n} is {outputs[n].get_element_type()}" for n in OUTPUT_NAMES
+                 if outputs[n].get_element_type() != ov.Type.f32]
+        if wrong:
+            raise EngineError(f"{self.model_path.name}: outputs must be float32 tensors ({'; '.join(wrong)})")
+        dims = _dims([d.get_length() if d.is_static else None for d in shape])
+        if dims[0] is not None and dims[0] > self.max_batch:
+            raise EngineError(f"{self.model_path.name} has a fixed batch of {dims[0]}, above max_batch {self.max_batch}")
+        config = self._config()
+        try:
+            compiled = core.compile_model(model, self.device, config)
+            requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) \
+                if self.hint == "throughput" else 1
+            self._requests = [compiled.create_infer_request() for _ in range(requests)]
+        except _OV_ERRORS as exc:
+            raise EngineError(f"OpenVINO cannot compile {self.model_path.name} for {self.device}: "
+                              f"{_first_line(exc)}") from exc
+        self._settings = {"requested": config,
+                          "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                          "streams": int(compiled.get_property("NUM_STREAMS")), "requests": requests,
+                          "execution_devices": [str(d) for d in compiled.get_property("EXECUTION_DEVICES")],
+                          "int8_convolutions": _int8_convolutions(compiled)}
+        self._outputs = {name: compiled.output(name) for name in OUTPUT_NAMES}
+        self.input_shape = dims
+        self._compiled = compiled
+
+    def _infer(self, images: np.ndarray) -> Mapping[str, np.ndarray]:
+        # Each request takes a contiguous slice of the batch; with one request (latency) that is
+        # the whole batch. Inputs are shared, not copied: the caller's array outlives the wait.
+        chunks = np.array_split(np.arange(len(images)), min(len(self._requests), len(images)))
+        busy, error = [], None
+        for request, rows in zip(self._requests, chunks):
+            try:
+                request.start_async({0: images[rows[0]:rows[-1] + 1]}, share_inputs=True)
+            except _OV_ERRORS as exc:
+                error = exc
+                break
+            busy.append(request)
+        # Every started request is waited for, even after a failure, so none is still writing
+        # into its buffers (or reading the caller's array) when this returns.
+        for request in busy:
+            try:
+                request.wait()
+            except _OV_ERRORS as exc:
+                error = error or exc
+        if error is not None:
+            raise EngineError(f"OpenVINO failed on a batch of {list(images.shape)} ({self.model_path.name}): "
+                              f"{_first_line(error)}") from error
+        # The requests' output buffers are reused by their next run: copy out now.
+        parts = [{name: np.array(request.get_tensor(port).data, dtype=np.float32, copy=True)
+                  for name, port in self._outputs.items()} for request in busy]
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUT_NAMES}
+
+    def _deactivate(self) -> None:
+        # Dropping the requests and the compiled model frees their memory and threads.
+        self._requests = []
+        self._outputs = {}
+        self._compiled = None
+
+    def describe(self) -> Dict[str, object]:
+        """Settings for logs and benchmark records (the compiled model's own, once active)."""
+        out: Dict[str, object] = {"backend": self.name, "precision": self.precision, "model": str(self.model_path),
+                                  "device": self.device, "hint": self.hint, "threads": self.threads,
+                                  "openvino": self.version, "max_batch": self.max_batch,
+                                  "input_shape": list(self.input_shape)}
+        out.update({k: v for k, v in self._settings.items() if k != "requested"})
+        return out
+
+
+__all__ = ["HINTS", "OpenVinoEngine", "PREFERRED_PRECISIONS", "device_capabilities"]
