@@ -12,7 +12,7 @@ from onnx_models import C, H, W, build_model, images, reference, tiny_bundle_of 
 
 from lumbar_edge.backends import activate_engine, open_engine  # noqa: E402
 from lumbar_edge.backends.base import EngineError  # noqa: E402
-from lumbar_edge.backends.openvino import OpenVinoEngine, device_capabilities  # noqa: E402
+from lumbar_edge.backends.openvino import OpenVinoEngine, device_capabilities, int8_accuracy_problem  # noqa: E402
 from lumbar_edge.backends.ort import OrtEngine  # noqa: E402
 from lumbar_edge.errors import InputError  # noqa: E402
 from lumbar_edge.labels import HeadLayout  # noqa: E402
@@ -115,11 +115,52 @@ def test_the_module_imports_without_openvino():
     assert out.stdout.strip() == ""
 
 
-def test_bundle_precisions_and_options(tmp_path):
+def _accuracy(ort_peaks, ov_peaks, ort_score=None, ov_score=None):
+    """An INT8 model's ``accuracy_vs_fp32`` record as the export writes it (the parts read here)."""
+    record = {"outputs": {"peak_agreement": ort_peaks},
+              "openvino": {"version": "2026.4.1", "outputs": {"peak_agreement": ov_peaks}}}
+    if ort_score is not None:
+        record["deltas"] = {"score": ort_score}
+        record["openvino"]["deltas"] = {"score": ov_score}
+    return record
+
+
+def _two_precision_bundle(tmp_path, accuracy=None):
     layout = HeadLayout(views=("sagittal_t2",))
     build_model(tmp_path / "model.onnx", k=5, groups=1)
     wts = build_model(tmp_path / "model.int8.onnx", k=5, groups=1, seed=3)
     bundle = tiny_bundle_of(tmp_path, layout, [("fp32", "model.onnx"), ("int8", "model.int8.onnx")])
+    if accuracy is not None:
+        bundle.manifest["models"][1]["accuracy_vs_fp32"] = accuracy
+    return bundle, wts
+
+
+@pytest.mark.parametrize("accuracy, why", [
+    (None, "did not measure OpenVINO's INT8 accuracy"),
+    (_accuracy(0.94, 0.68), "heatmap peaks in FP32's cell for 68% of keypoints against ONNX Runtime's 94%"),
+    (_accuracy(0.94, 0.93, 0.003, 0.08), "validation score \\+0.080 from FP32 against ONNX Runtime's \\+0.003"),
+])
+def test_int8_is_not_chosen_by_default_unless_the_export_measured_it_as_accurate(tmp_path, accuracy, why):
+    bundle, _ = _two_precision_bundle(tmp_path, accuracy)
+    assert int8_accuracy_problem(bundle) is not None
+    with pytest.raises(EngineError, match=f"INT8 is not chosen by default for tiny: .*{why}.*--precision int8"):
+        OpenVinoEngine.from_bundle(bundle)
+    # Asked for by name it runs; auto moves on to ONNX Runtime's INT8 and says why.
+    assert OpenVinoEngine.from_bundle(bundle, "int8").precision == "int8"
+    engine, reason = activate_engine(bundle, "auto", available_order=("openvino", "onnxruntime"))
+    with engine:
+        assert isinstance(engine, OrtEngine) and engine.precision == "int8"
+    assert "skipped openvino: OpenVINO's INT8 is not chosen by default" in reason
+
+
+def test_int8_measured_as_accurate_is_the_default(tmp_path):
+    bundle, _ = _two_precision_bundle(tmp_path, _accuracy(0.94, 0.92, 0.003, 0.01))
+    assert int8_accuracy_problem(bundle) is None
+    assert OpenVinoEngine.from_bundle(bundle).precision == "int8"
+
+
+def test_bundle_precisions_and_options(tmp_path):
+    bundle, wts = _two_precision_bundle(tmp_path, _accuracy(0.94, 0.94))
     engine = open_engine(bundle, "openvino", threads=1, hint="throughput")
     assert isinstance(engine, OpenVinoEngine) and engine.precision == "int8" and engine.hint == "throughput"
     with engine:

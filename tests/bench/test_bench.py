@@ -49,7 +49,17 @@ def test_bench_cli_prints_every_stage_and_writes_json_and_chart(tiny_bundle, one
     doc = json.loads(out.read_text())
     assert [s["key"] for s in doc["stages"]] == [k for k, _ in STAGES]
     ok = [r for r in doc["rows"] if r["status"] == "ok"]
-    assert [(r["backend"], r["precision"], r["batch"]) for r in ok] == [("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 4)]
+    cpu_engines = ["onnxruntime"] + (["openvino"] if _load_class("openvino", BACKENDS).is_available() else [])
+    assert [(r["backend"], r["precision"], r["batch"]) for r in ok] == [
+        (name, "fp32", b) for name in cpu_engines for b in (1, 4)]
+    if "openvino" in cpu_engines:
+        assert "openvino/fp32 b1" in text and "openvino" in doc["machine"] and doc["machine"]["openvino"]
+        engine = next(r for r in ok if r["backend"] == "openvino")["engine"]
+        # One study at a time: the latency hint, on the CPU, in FP32.
+        assert engine["hint"] == "latency" and engine["device"] == "CPU" and engine["inference_precision"] == "f32"
+    else:
+        row = next(r for r in doc["rows"] if r["backend"] == "openvino")
+        assert row["status"] == "n/a" and "lumbar-edge[openvino]" in row["reason"]
     for r in ok:
         lat = r["latency_s"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] and r["runs"] == 3

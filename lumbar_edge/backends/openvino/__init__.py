@@ -20,8 +20,17 @@ from ...errors import InputError
 from ..base import OUTPUT_NAMES, Engine, EngineError, _dims
 
 #: Precisions in the order this backend prefers them when the caller names none: INT8 (Q/DQ) is
-#: the fastest on CPUs, and the export records its accuracy delta in the manifest.
+#: the fastest on CPUs, but only where the export measured OpenVINO's INT8 to be as accurate as
+#: ONNX Runtime's (:func:`int8_accuracy_problem`).
 PREFERRED_PRECISIONS: Tuple[str, ...] = ("int8", "fp32", "fp16")
+#: How much worse than ONNX Runtime's INT8 OpenVINO's INT8 may be, on the export's own figures,
+#: before it is not chosen by default: the share of heatmap peaks in the same cell as FP32's
+#: (parity inputs), and the validation competition score's rise over FP32 (lower is better).
+#: On the demo bundle (AMD EPYC, AVX2 only; OpenVINO 2025.4 and 2026.4 alike) OpenVINO's INT8 had
+#: 68% of peaks where FP32 has them against ONNX Runtime's 94%, and a score 0.08 worse against
+#: 0.003, on the same Q/DQ file: a grade a user would not get from the other engines.
+INT8_PEAK_MARGIN = 0.05
+INT8_SCORE_MARGIN = 0.02
 #: ``hint`` values: one request with every thread on it (``latency``: a study at a time, ``serve``,
 #: ``bench``), or several streams each running a slice of the batch (``throughput``).
 HINTS: Tuple[str, ...] = ("latency", "throughput")
@@ -86,6 +95,30 @@ def _int8_convolutions(compiled) -> Optional[str]:
     return f"{sum(p in ('u8', 'i8') for p in convs)} of {len(convs)}"
 
 
+def int8_accuracy_problem(bundle) -> Optional[str]:
+    """Why OpenVINO's INT8 should not run ``bundle`` by default, from the export's accuracy record
+    (``accuracy_vs_fp32.openvino`` of the INT8 model, written where openvino was installed), or
+    None when it was measured and is within :data:`INT8_PEAK_MARGIN` / :data:`INT8_SCORE_MARGIN`
+    of ONNX Runtime's INT8 on the same file."""
+    entry = next((m for m in bundle.manifest.get("models", []) if m.get("precision") == "int8"), None)
+    accuracy = (entry or {}).get("accuracy_vs_fp32") or {}
+    ov = accuracy.get("openvino")
+    if not ov:
+        return ("the export did not measure OpenVINO's INT8 accuracy (export the bundle where the openvino "
+                "extra is installed)")
+    ort_peaks = (accuracy.get("outputs") or {}).get("peak_agreement")
+    ov_peaks = (ov.get("outputs") or {}).get("peak_agreement")
+    if ort_peaks is not None and ov_peaks is not None and ov_peaks < ort_peaks - INT8_PEAK_MARGIN:
+        return (f"the export measured OpenVINO {ov.get('version')}'s INT8 heatmap peaks in FP32's cell for "
+                f"{ov_peaks:.0%} of keypoints against ONNX Runtime's {ort_peaks:.0%} on the same file")
+    ort_score = (accuracy.get("deltas") or {}).get("score")
+    ov_score = (ov.get("deltas") or {}).get("score")
+    if ort_score is not None and ov_score is not None and ov_score > ort_score + INT8_SCORE_MARGIN:
+        return (f"the export measured OpenVINO {ov.get('version')}'s INT8 validation score {ov_score:+.3f} from "
+                f"FP32 against ONNX Runtime's {ort_score:+.3f} on the same file")
+    return None
+
+
 class OpenVinoEngine(Engine):
     """Runs an ONNX model with OpenVINO.
 
@@ -128,12 +161,18 @@ class OpenVinoEngine(Engine):
     @classmethod
     def from_bundle(cls, bundle, precision: Optional[str] = None, *, device: str = "CPU",
                     threads: Optional[int] = None, hint: str = "latency", max_batch: int = 64) -> "OpenVinoEngine":
-        """An engine for ``bundle``'s ONNX model of ``precision`` (default: the first of
-        :data:`PREFERRED_PRECISIONS` the bundle has). Raises the bundle's ``BundleError`` when it
-        has no model of that precision."""
+        """An engine for ``bundle``'s ONNX model of ``precision``. The default is the first of
+        :data:`PREFERRED_PRECISIONS` the bundle has, except that INT8 is not taken silently when
+        :func:`int8_accuracy_problem` finds one: then :class:`EngineError` says why and how to
+        choose (``auto`` moves on to the next backend). Raises the bundle's ``BundleError`` when
+        it has no model of that precision."""
         if precision is None:
             available = bundle.precisions
             precision = next((p for p in PREFERRED_PRECISIONS if p in available), available[0])
+            problem = int8_accuracy_problem(bundle) if precision == "int8" else None
+            if problem is not None:
+                raise EngineError(f"OpenVINO's INT8 is not chosen by default for {bundle.name}: {problem}; "
+                                  f"name --precision int8 to run it anyway, or --precision fp32")
         layout = bundle.layout
         return cls(bundle.model_path(precision), device=device, threads=threads, hint=hint, max_batch=max_batch,
                    precision=precision, num_keypoints=layout.num_keypoints, num_conditions=layout.num_conditions)
@@ -261,4 +300,5 @@ class OpenVinoEngine(Engine):
         return out
 
 
-__all__ = ["HINTS", "OpenVinoEngine", "PREFERRED_PRECISIONS", "device_capabilities"]
+__all__ = ["HINTS", "INT8_PEAK_MARGIN", "INT8_SCORE_MARGIN", "OpenVinoEngine", "PREFERRED_PRECISIONS",
+           "device_capabilities", "int8_accuracy_problem"]
