@@ -94,8 +94,10 @@ def run_infer(path: Path, model: Path, out: Path, *, backend: str = "auto", prec
     if _inside(out, path if path.is_dir() else path.parent):
         raise InputError(f"the output folder {out} is inside the input {path}; the input is never written to")
     start = time.perf_counter()
-    pipeline = Pipeline.load(model, backend=backend, precision=precision, device=device, batch_size=batch_size,
-                             keep_heatmaps=heatmaps)
+    # A batch job: the throughput hint where a backend has one (OpenVINO splits each batch over
+    # several streams; serve and bench, which time one study, use the latency hint).
+    pipeline = Pipeline.load(model, backend=backend, precision=precision, device=device, hint="throughput",
+                             batch_size=batch_size, keep_heatmaps=heatmaps)
     echo(f"model: {pipeline.description}")
     echo(f"backend: {pipeline.backend_reason}")
     scan = scan_path(path, progress=progress)
