@@ -70,6 +70,9 @@ def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quie
 @click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
               help="[default: resnet18]")
 @click.option("--size", type=int, default=None, help="Model input size in pixels (square). [default: 256]")
+@click.option("--width", type=click.IntRange(1), default=None,
+              help="ResNet base width: 64 is the standard ResNet, smaller makes quick smoke runs. [default: 64]")
+@click.option("--decoder-channels", type=click.IntRange(1), default=None, help="[default: 128]")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="[default: 20]")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: 8]")
 @click.option("--lr", type=float, default=None, help="[default: 0.002]")
@@ -88,19 +91,24 @@ def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quie
                                               "native BF16 otherwise).")
 @click.option("--time-limit", "time_limit_min", type=float, default=None, help="Time budget in minutes: no epoch is started that would end past it.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue from a last.pt checkpoint.")
+@click.option("--dist-timeout", "dist_timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Under torchrun: seconds a rank waits for the others in a collective before the job fails "
+                   "(a hung rank). [default: 1800]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def train(data, out_dir, preset, val_data, val_fraction, backbone, size, epochs, batch_size, lr, heatmap_loss,
-          through_plane_sigma_mm, workers, no_offset_loss, no_attention, clahe_prob, backbone_weights, seed, device,
-          no_amp, time_limit_min, resume, quiet) -> None:
-    """Train the keypoint-and-severity model on RSNA-layout data (multi-GPU: run under torchrun)."""
+def train(data, out_dir, preset, val_data, val_fraction, backbone, size, width, decoder_channels, epochs, batch_size,
+          lr, heatmap_loss, through_plane_sigma_mm, workers, no_offset_loss, no_attention, clahe_prob,
+          backbone_weights, seed, device, no_amp, time_limit_min, resume, dist_timeout_s, quiet) -> None:
+    """Train the keypoint-and-severity model on RSNA-layout data (several GPUs or machines: run under
+    torchrun, see the README)."""
     import logging
 
     from .training.train import TrainConfig, preset_config, train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    given = dict(val_fraction=val_fraction, backbone=backbone, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
-                 heatmap_loss=heatmap_loss, through_plane_sigma_mm=through_plane_sigma_mm, workers=workers,
-                 clahe_prob=clahe_prob, seed=seed, device=device, time_limit_min=time_limit_min,
+    given = dict(val_fraction=val_fraction, backbone=backbone, size=size, width=width, decoder_channels=decoder_channels,
+                 epochs=epochs, batch_size=batch_size, lr=lr, heatmap_loss=heatmap_loss,
+                 through_plane_sigma_mm=through_plane_sigma_mm, workers=workers, clahe_prob=clahe_prob, seed=seed,
+                 device=device, time_limit_min=time_limit_min, dist_timeout_s=dist_timeout_s,
                  backbone_weights=str(backbone_weights) if backbone_weights else None)
     values = {k: v for k, v in given.items() if v is not None}
     values.update(data=str(data), out=str(out_dir), val_data=str(val_data) if val_data else None)
@@ -109,6 +117,8 @@ def train(data, out_dir, preset, val_data, val_fraction, backbone, size, epochs,
             values[key] = False
     cfg = preset_config(preset, **values) if preset else TrainConfig(**values)
     result = run_training(cfg, resume=resume, progress=not quiet)
+    if result.rank != 0:
+        return  # under torchrun rank 0 reports for the job
     best = ", ".join(f"{k}={v:.4g}" for k, v in result.best.items() if k.startswith("val_"))
     click.echo(f"best epoch {result.best_epoch + 1}: {best or 'no validation set'}")
     click.echo(f"checkpoints: {out_dir / 'best.pt'} and {out_dir / 'last.pt'} ({result.seconds / 60:.1f} min)")
