@@ -166,16 +166,43 @@ def evaluate(predictions: Path, labels_path: Path, only_predicted_studies: bool,
 @click.option("--batch-size", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--no-overlays", is_flag=True, help="Skip the PNG overlays.")
 @click.option("--heatmaps", is_flag=True, help="Blend the heatmaps into the overlays.")
+@click.option("--shard", "shard_text", default=None, metavar="K/N",
+              help="Grade only shard K of N (K from 0 to N-1; studies split by a hash of their StudyInstanceUID): "
+                   "one task of a job array. Writes OUT/shards/shard-K-of-N.json; the last shard to finish "
+                   "merges submission.csv and summary.json.")
+@click.option("--skip-done", is_flag=True,
+              help="Do not grade again the studies whose complete report (same model and backend) is in OUT: "
+                   "resume an interrupted run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.pass_context
-def infer(ctx, path, model, out_dir, backend, precision, batch_size, no_overlays, heatmaps, quiet) -> None:
+def infer(ctx, path, model, out_dir, backend, precision, batch_size, no_overlays, heatmaps, shard_text, skip_done,
+          quiet) -> None:
     """Grade every study under PATH (a study folder or a root of many) with the bundle MODEL."""
     from .infer import run_infer
+    from .shards import parse_shard
 
+    shard = parse_shard(shard_text) if shard_text is not None else None
     summary = run_infer(path, model, out_dir, backend=backend, precision=precision, batch_size=batch_size,
-                        overlays=not no_overlays, heatmaps=heatmaps, progress=not quiet, echo=click.echo)
+                        overlays=not no_overlays, heatmaps=heatmaps, progress=not quiet, shard=shard,
+                        skip_done=skip_done, echo=click.echo)
     click.echo(summary.describe())
     if not summary.ok:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the merged submission.csv and summary.json (default: the RESULTS folder, when one).")
+@click.pass_context
+def merge(ctx, results, out_dir) -> None:
+    """Merge the shards of `infer --shard K/N` runs (one shared RESULTS folder, or one per shard)
+    into one submission.csv and summary.json."""
+    from .shards import merge_shards
+
+    merged = merge_shards(results, out_dir)
+    click.echo(merged.describe())
+    if merged.failed:
         ctx.exit(1)
 
 
