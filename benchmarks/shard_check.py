@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 
 def _infer(root: Path, model: Path, out: Path, log: Path, *extra: str) -> subprocess.Popen:

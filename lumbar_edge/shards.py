@@ -97,6 +97,7 @@ def archive_digest(study_uids: Iterable[str]) -> str:
 
 
 def summary_path(out: Path, shard: Shard) -> Path:
+    """Where ``shard``'s summary goes in the output folder ``out``: ``OUT/shards/shard-K-of-N.json``."""
     return Path(out) / SHARDS_DIR / f"{shard.name}.json"
 
 
@@ -199,6 +200,7 @@ def report_grader(doc: dict) -> Dict[str, str]:
 
 
 def describe_grader(grader: Dict[str, str]) -> str:
+    """A grader in words: ``NAME on BACKEND/PRECISION (model SHA256-PREFIX)``."""
     sha = grader.get("model_sha256") or "no sha256"
     return f"{grader.get('model') or '?'} on {grader.get('backend') or '?'} (model {sha[:12]})"
 
@@ -232,6 +234,8 @@ class MergeSummary:
 
 
 def _read_summaries(folder: Path) -> List[Tuple[Path, dict]]:
+    """(path, document) of every shard summary in ``folder``; raises :class:`MergeError` for one
+    that is unreadable, of another schema version or incomplete."""
     found = []
     shards_dir = Path(folder) / SHARDS_DIR
     for path in sorted(shards_dir.glob("shard-*-of-*.json")) if shards_dir.is_dir() else []:
