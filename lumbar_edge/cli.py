@@ -70,6 +70,9 @@ def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quie
 @click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default=None,
               help="[default: resnet18]")
 @click.option("--size", type=int, default=None, help="Model input size in pixels (square). [default: 256]")
+@click.option("--width", type=click.IntRange(1), default=None,
+              help="ResNet base width: 64 is the standard ResNet, smaller makes quick smoke runs. [default: 64]")
+@click.option("--decoder-channels", type=click.IntRange(1), default=None, help="[default: 128]")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="[default: 20]")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="[default: 8]")
 @click.option("--lr", type=float, default=None, help="[default: 0.002]")
@@ -88,19 +91,24 @@ def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quie
                                               "native BF16 otherwise).")
 @click.option("--time-limit", "time_limit_min", type=float, default=None, help="Time budget in minutes: no epoch is started that would end past it.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue from a last.pt checkpoint.")
+@click.option("--dist-timeout", "dist_timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Under torchrun: seconds a rank waits for the others in a collective before the job fails "
+                   "(a hung rank). [default: 1800]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def train(data, out_dir, preset, val_data, val_fraction, backbone, size, epochs, batch_size, lr, heatmap_loss,
-          through_plane_sigma_mm, workers, no_offset_loss, no_attention, clahe_prob, backbone_weights, seed, device,
-          no_amp, time_limit_min, resume, quiet) -> None:
-    """Train the keypoint-and-severity model on RSNA-layout data (multi-GPU: run under torchrun)."""
+def train(data, out_dir, preset, val_data, val_fraction, backbone, size, width, decoder_channels, epochs, batch_size,
+          lr, heatmap_loss, through_plane_sigma_mm, workers, no_offset_loss, no_attention, clahe_prob,
+          backbone_weights, seed, device, no_amp, time_limit_min, resume, dist_timeout_s, quiet) -> None:
+    """Train the keypoint-and-severity model on RSNA-layout data (several GPUs or machines: run under
+    torchrun, see the README)."""
     import logging
 
     from .training.train import TrainConfig, preset_config, train as run_training
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    given = dict(val_fraction=val_fraction, backbone=backbone, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
-                 heatmap_loss=heatmap_loss, through_plane_sigma_mm=through_plane_sigma_mm, workers=workers,
-                 clahe_prob=clahe_prob, seed=seed, device=device, time_limit_min=time_limit_min,
+    given = dict(val_fraction=val_fraction, backbone=backbone, size=size, width=width, decoder_channels=decoder_channels,
+                 epochs=epochs, batch_size=batch_size, lr=lr, heatmap_loss=heatmap_loss,
+                 through_plane_sigma_mm=through_plane_sigma_mm, workers=workers, clahe_prob=clahe_prob, seed=seed,
+                 device=device, time_limit_min=time_limit_min, dist_timeout_s=dist_timeout_s,
                  backbone_weights=str(backbone_weights) if backbone_weights else None)
     values = {k: v for k, v in given.items() if v is not None}
     values.update(data=str(data), out=str(out_dir), val_data=str(val_data) if val_data else None)
@@ -109,6 +117,8 @@ def train(data, out_dir, preset, val_data, val_fraction, backbone, size, epochs,
             values[key] = False
     cfg = preset_config(preset, **values) if preset else TrainConfig(**values)
     result = run_training(cfg, resume=resume, progress=not quiet)
+    if result.rank != 0:
+        return  # under torchrun rank 0 reports for the job
     best = ", ".join(f"{k}={v:.4g}" for k, v in result.best.items() if k.startswith("val_"))
     click.echo(f"best epoch {result.best_epoch + 1}: {best or 'no validation set'}")
     click.echo(f"checkpoints: {out_dir / 'best.pt'} and {out_dir / 'last.pt'} ({result.seconds / 60:.1f} min)")
@@ -159,17 +169,43 @@ def evaluate(predictions: Path, labels_path: Path, only_predicted_studies: bool,
 @click.option("--batch-size", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--no-overlays", is_flag=True, help="Skip the PNG overlays.")
 @click.option("--heatmaps", is_flag=True, help="Blend the heatmaps into the overlays.")
+@click.option("--shard", "shard_text", default=None, metavar="K/N",
+              help="Grade only shard K of N (K from 0 to N-1; studies split by a hash of their StudyInstanceUID): "
+                   "one task of a job array. Writes OUT/shards/shard-K-of-N.json; the last shard to finish "
+                   "merges submission.csv and summary.json.")
+@click.option("--skip-done", is_flag=True,
+              help="Do not grade again the studies whose complete report (same model and backend) is in OUT: "
+                   "resume an interrupted run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.pass_context
-def infer(ctx, path, model, out_dir, backend, device, precision, batch_size, no_overlays, heatmaps, quiet) -> None:
+def infer(ctx, path, model, out_dir, backend, device, precision, batch_size, no_overlays, heatmaps, shard_text,
+          skip_done, quiet) -> None:
     """Grade every study under PATH (a study folder or a root of many) with the bundle MODEL."""
     from .infer import run_infer
+    from .shards import parse_shard
 
+    shard = parse_shard(shard_text) if shard_text is not None else None
     summary = run_infer(path, model, out_dir, backend=backend, device=device, precision=precision,
                         batch_size=batch_size, overlays=not no_overlays, heatmaps=heatmaps, progress=not quiet,
-                        echo=click.echo)
+                        shard=shard, skip_done=skip_done, echo=click.echo)
     click.echo(summary.describe())
     if not summary.ok:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for the merged submission.csv and summary.json (default: the RESULTS folder, when one).")
+@click.pass_context
+def merge(ctx, results, out_dir) -> None:
+    """Merge the shards of `infer --shard K/N` runs (one shared RESULTS folder, or one per shard)
+    into one submission.csv and summary.json."""
+    from .shards import merge_shards
+
+    merged = merge_shards(results, out_dir)
+    click.echo(merged.describe())
+    if merged.failed:
         ctx.exit(1)
 
 

@@ -95,6 +95,21 @@ class Pipeline:
     def description(self) -> str:
         return f"{self.bundle.name} on {self.engine.name} ({self.engine.precision})"
 
+    @property
+    def model_sha256(self) -> str:
+        """sha256 of the bundle's model file for the engine's precision ("" if the manifest has none)."""
+        try:
+            return str(self.bundle.model_entry(self.engine.precision).get("sha256") or "")
+        except LumbarEdgeError:
+            return ""  # an engine given directly, of a precision the bundle does not list
+
+    @property
+    def grader(self) -> Dict[str, str]:
+        """What grades a study here, as each report records it: model name, model file sha256 and
+        backend/precision. Reports of one archive must agree on it to be resumed or merged."""
+        return {"model": self.bundle.name, "model_sha256": self.model_sha256,
+                "backend": f"{self.engine.name}/{self.engine.precision}"}
+
     # -- steps ---------------------------------------------------------------------------------
 
     def _ensure_active(self) -> None:
@@ -267,7 +282,7 @@ class Pipeline:
         return StudyResult(study_id=str(study.study_id), study_uid=study.study_uid, findings=findings,
                            series_used={v: s.series_uid for v, s in chosen.items()}, warnings=warnings,
                            timings=timings, model=self.bundle.name, backend=f"{self.engine.name}/{self.engine.precision}",
-                           slices=slices, heatmaps=heatmaps)
+                           model_sha256=self.model_sha256, slices=slices, heatmaps=heatmaps)
 
     @staticmethod
     def _keep_maps(heatmaps, series, peaks, sink, readings, column_of, keys) -> None:

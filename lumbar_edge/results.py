@@ -68,6 +68,9 @@ class StudyResult:
     timings: Dict[str, float] = field(default_factory=dict)  # stage -> seconds
     model: str = ""
     backend: str = ""
+    #: sha256 of the model file the engine ran (the bundle's entry for its precision): with
+    #: ``model`` and ``backend``, which grader made the report (resumed and merged runs check it).
+    model_sha256: str = ""
     #: Source pixels of the slices the keypoints were read on, {(series_uid, sop_uid): 2-D float32},
     #: kept for the overlay writer; not part of the JSON report.
     slices: Dict[Tuple[str, str], object] = field(default_factory=dict, repr=False)
@@ -94,6 +97,7 @@ class StudyResult:
             "study_id": self.study_id,
             "study_uid": self.study_uid,
             "model": self.model,
+            "model_sha256": self.model_sha256,
             "backend": self.backend,
             "series_used": dict(self.series_used),
             "findings": [

@@ -4,7 +4,7 @@ Fixed seed, AMP on CUDA, best/last checkpoints loadable with ``torch.load(weight
 (the config is saved beside them as JSON and inside them as plain types), resume, a progress bar
 per epoch with the losses, a wall-clock limit for CPU runs, and multi-GPU training under
 ``torchrun`` (DistributedDataParallel; each rank trains on its shard of the samples, rank 0
-validates and writes).
+validates and writes; see :func:`train`).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from lumbar_edge.errors import InputError
+from lumbar_edge.errors import InputError, LumbarEdgeError
 from lumbar_edge.labels import HeadLayout
 from lumbar_edge.preprocess import PreprocessConfig
 from lumbar_edge.progress import Progress
@@ -77,6 +78,10 @@ class TrainConfig:
     negatives: Tuple[int, int, int] = (2, 1, 1)
     workers: int = 0  # data-loading processes (0: in the training process)
     cache_pixels: bool = False  # keep decoded slices in memory (small datasets read every epoch)
+    # Under torchrun: how long a rank waits in a collective (gradient all-reduce, barrier) for the
+    # others before it fails. It bounds a hang when a rank stops answering without exiting; it
+    # must exceed rank 0's validation of an epoch, which the other ranks wait through.
+    dist_timeout_s: float = 1800.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -138,6 +143,7 @@ class TrainResult:
     best: Dict[str, float]
     history: List[Dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    rank: int = 0  # under torchrun, the rank that returned it (only rank 0's holds the figures)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -164,9 +170,37 @@ def mixed_precision(device: torch.device) -> Optional[torch.dtype]:
     return None
 
 
+class DistributedTrainingError(LumbarEdgeError):
+    """A rank of a torchrun job cannot go on: its own user error, or the other ranks are gone."""
+
+
 def _dist_info() -> Tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) otherwise.
+
+    Raises :class:`InputError` when the variables are not integers or do not fit together."""
+    try:
+        rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    except ValueError as exc:
+        raise InputError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them): {exc}") from exc
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise InputError(f"RANK={rank} does not fit WORLD_SIZE={world} (torchrun sets them)")
+    return rank, world, local
+
+
+def dropout_seed(seed: int, rank: int, epoch: int) -> int:
+    """The torch seed that rank ``rank`` of a torchrun job sets at the start of ``epoch``: its
+    dropout draws for the epoch (the augmentation has its own generators, see ``_Batches``)."""
+    return int(np.random.SeedSequence([seed, rank, epoch], spawn_key=(1,)).generate_state(1)[0])
+
+
+def rank_plan(plan: Sequence[Tuple[int, int]], rank: int, world: int) -> List[Tuple[int, int]]:
+    """The part of an epoch's ``plan`` that ``rank`` of ``world`` trains on: every world-th entry
+    from position ``rank``, cut to ``len(plan) // world`` entries (at least 1) so that every rank
+    runs the same number of steps (DistributedDataParallel waits for all of them). The ranks'
+    parts are disjoint sets of plan positions; together they cover the plan but its last
+    ``len(plan) % world`` entries."""
+    per_rank = max(1, len(plan) // world)
+    return list(plan[rank::world][:per_rank])
 
 
 def make_batch(samples: Sequence[Sample], cfg: TrainConfig, gen: Optional[torch.Generator],
@@ -264,22 +298,105 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def _earlier_history(path: Path, first_epoch: int) -> List[Dict[str, float]]:
+    """The entries of a run's ``history.json`` for the epochs before ``first_epoch`` (none when
+    the file is missing or unreadable: the history is a record, never needed to train)."""
+    if first_epoch <= 0 or not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("%s is unreadable (%s); the history restarts at the resumed epoch", path, exc)
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("epoch"), (int, float))
+            and e["epoch"] < first_epoch]
+
+
+_COMMUNICATION = re.compile(r"gloo|nccl|c10d|ProcessGroup|Connection (closed|reset)|timed out", re.IGNORECASE)
+
+
+def _collective_failure(exc: BaseException) -> Optional[str]:
+    """The first line of ``exc``'s message when it reports a failed collective (a distributed
+    error type, or a RuntimeError whose text comes from gloo, NCCL or c10d), else None."""
+    import torch.distributed as dist
+
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, dist.DistError) or _COMMUNICATION.search(text):
+        # Gloo prefixes its source location ("[.../unbound_buffer.cc:78] "): noise to a user.
+        return re.sub(r"^\[[^\]]*\]\s*", "", first)
+    return None
+
+
+def _broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag``, on every rank (a collective: every rank must call it)."""
+    import torch.distributed as dist
+
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True) -> TrainResult:
     """Train a model as ``cfg`` says; returns the best epoch's validation figures.
 
-    Raises :class:`InputError` for unusable data or options.
+    Under torchrun (``WORLD_SIZE`` > 1) this is one rank of DistributedDataParallel training
+    (gloo on the CPU, NCCL on GPUs): every rank builds the same epoch plan and trains on its own
+    disjoint part of it (:func:`rank_plan`), gradients are averaged over the ranks at every step,
+    and only rank 0 validates, logs and writes the run folder; a resume loads the checkpoint on
+    every rank, and the time limit is judged by rank 0 for all. Each collective waits at most
+    ``cfg.dist_timeout_s`` for the other ranks.
+
+    Raises :class:`InputError` for unusable data or options; under torchrun,
+    :class:`DistributedTrainingError` naming the rank, for its own errors and when the other
+    ranks failed or stopped answering.
     """
-    start_time = time.perf_counter()
     rank, world, local_rank = _dist_info()
+    if world == 1:
+        return _train(cfg, resume, progress, 0, 1, 0)
+    import datetime
+
+    import torch.distributed as dist
+
+    if cfg.dist_timeout_s <= 0:
+        raise InputError(f"the distributed timeout must be positive, got {cfg.dist_timeout_s} s")
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(torch.device("cuda", local_rank))
+    # The timeout bounds every collective: a rank that hangs (rather than exits, which torchrun
+    # notices at once) fails the others after this long instead of blocking them for ever.
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
+    try:
+        return _train(cfg, resume, progress, rank, world, local_rank)
+    except LumbarEdgeError as exc:
+        # torchrun interleaves the ranks' output: say which rank could not go on.
+        raise DistributedTrainingError(f"rank {rank} of {world}: {exc}") from exc
+    except RuntimeError as exc:
+        # The gradient all-reduce or a barrier failed: another rank died (torchrun then stops the
+        # job and names it) or stopped answering for dist_timeout_s. Gloo and NCCL report that
+        # as a RuntimeError from backward(); any other RuntimeError is a bug and keeps its traceback.
+        reason = _collective_failure(exc)
+        if reason is None:
+            raise
+        raise DistributedTrainingError(
+            f"rank {rank} of {world}: lost the other ranks in a collective ({reason}); another rank "
+            f"failed or hung for {cfg.dist_timeout_s:g} s. Continue with --resume {Path(cfg.out) / 'last.pt'}"
+        ) from exc
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: Optional[Path], progress: bool, rank: int, world: int,
+           local_rank: int) -> TrainResult:
+    """:func:`train` in one process: rank ``rank`` of ``world`` (the process group, if any, is set up)."""
+    start_time = time.perf_counter()
     distributed = world > 1
     device = resolve_device(cfg.device)
-    if distributed:
-        import torch.distributed as dist
-
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", local_rank)
     is_main = rank == 0
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -304,6 +421,9 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
     val_samples = build_samples(val_dataset, layout, pre, val_ids, negatives=False, progress=progress and is_main) if val_ids else []
     # The plan has the same length every epoch: the schedule is laid out from the first one.
     plan_length = len(epoch_plan(train_series, sampling, np.random.default_rng(0)))
+    if plan_length < world:
+        raise InputError(f"an epoch has {plan_length} training slices" + (f", fewer than the {world} ranks of this "
+                                                                         "torchrun job" if world > 1 else ""))
     if is_main:
         log.info("%d labelled series from %d studies (%d slices an epoch), %d validation samples from %d studies",
                  len(train_series), len(train_ids), plan_length, len(val_samples), len(val_ids))
@@ -319,7 +439,7 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Each rank takes every world-th slice of the plan, cut to a multiple of the world size so
     # that all ranks run the same number of steps (DistributedDataParallel waits for all).
-    per_rank = max(1, plan_length // world)
+    per_rank = plan_length // world
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                     pct_start=0.15)
@@ -359,10 +479,14 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        # Without the offset loss the offset head gets no gradient, which DDP must be told of.
+        train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None,
+                                              find_unused_parameters=not cfg.offset_loss)
 
     target_cfg = TargetConfig(stride=4, sigma=cfg.sigma)
     history: List[Dict[str, float]] = []
+    # history.json of a resumed run keeps the epochs before its checkpoint.
+    earlier = _earlier_history(out / "history.json", first_epoch) if is_main else []
     stopped_early = False
     epoch_seconds: List[float] = []
     for epoch in range(first_epoch, cfg.epochs):
@@ -370,7 +494,12 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
             # Stop before an epoch that would end past the limit (judged by the epochs so far),
             # rather than after it: the limit is a budget, not a trigger.
             elapsed = time.perf_counter() - start_time
-            if elapsed + float(np.mean(epoch_seconds)) > cfg.time_limit_min * 60:
+            stop = elapsed + float(np.mean(epoch_seconds)) > cfg.time_limit_min * 60
+            if distributed:
+                # Rank 0's clock decides for all: ranks that judged alone could part ways, and
+                # the ones still training would wait for the others for ever.
+                stop = _broadcast_flag(stop, device)
+            if stop:
                 stopped_early = True
                 if is_main:
                     log.warning("stopping before epoch %d: it would end past the time limit of %.1f min",
@@ -378,7 +507,12 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
                 break
         epoch_start = time.perf_counter()
         train_model.train()
-        plan = epoch_plan(train_series, sampling, np.random.default_rng([cfg.seed, epoch]))[rank::world][:per_rank]
+        if distributed:
+            # Every rank starts from the same seed (the weights must agree); its dropout masks
+            # must not: each rank draws from its own stream, set per epoch so a resume goes on
+            # with the same draws without the other ranks' generator states.
+            torch.manual_seed(dropout_seed(cfg.seed, rank, epoch))
+        plan = rank_plan(epoch_plan(train_series, sampling, np.random.default_rng([cfg.seed, epoch])), rank, world)
         batches = _Batches(train_series, plan, cfg, target_cfg, epoch, rank)
         sums: Dict[str, float] = {}
         with Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", enabled=progress and is_main) as bar:
@@ -417,15 +551,14 @@ def train(cfg: TrainConfig, resume: Optional[Path] = None, progress: bool = True
                 best_score, best_epoch, best_metrics = score, epoch, dict(epoch_metrics)
                 save_checkpoint(out / "best.pt", model, optimizer, scheduler, epoch, cfg, epoch_metrics, best_score)
             save_checkpoint(out / "last.pt", model, optimizer, scheduler, epoch, cfg, epoch_metrics, best_score)
-            _write_json(out / "history.json", history)
+            _write_json(out / "history.json", earlier + history)
         epoch_seconds.append(time.perf_counter() - epoch_start)
     if distributed:
         import torch.distributed as dist
 
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.barrier()  # every rank ends with rank 0's checkpoints written
     result = TrainResult(out=out, best_epoch=best_epoch, best=best_metrics, history=history,
-                         seconds=time.perf_counter() - start_time)
+                         seconds=time.perf_counter() - start_time, rank=rank)
     if is_main:
         _write_json(out / "result.json", {"best_epoch": best_epoch, "best": best_metrics, "seconds": result.seconds,
                                           "stopped_early": stopped_early})

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Union
 
-from ..results import StudyResult
+from ..results import Finding, Keypoint, StudyResult
 from ._io import ReportError, atomic_write_bytes, safe_name
 
 
@@ -40,3 +40,31 @@ def read_study_json(path: Union[str, Path]) -> dict:
     if not isinstance(doc, dict) or doc.get("schema") != "lumbar-edge/study-report":
         raise ReportError(f"{path} is not a lumbar-edge study report")
     return doc
+
+
+def result_from_report(doc: dict) -> StudyResult:
+    """The :class:`StudyResult` a report document holds: ids, findings with their probabilities
+    and keypoints, series, warnings, timings and grader (no pixels or heatmaps, which a report
+    does not keep). ``write_submission_csv`` of it writes what it wrote for the original.
+
+    Raises :class:`ReportError` when the document lacks a field or holds one of the wrong type.
+    """
+    try:
+        findings = []
+        for f in doc["findings"]:
+            kp = f["keypoint"]
+            keypoint = None if kp is None else Keypoint(
+                series_uid=str(kp["series_uid"]), series_id=str(kp["series_id"]), sop_uid=str(kp["sop_uid"]),
+                instance_number=int(kp["instance_number"]), x=float(kp["x"]), y=float(kp["y"]),
+                patient_mm=tuple(float(v) for v in kp["patient_mm"]), score=float(kp["score"]))
+            probs = f["probabilities"]
+            findings.append(Finding(str(f["condition"]), str(f["level"]),
+                                    (float(probs["normal_mild"]), float(probs["moderate"]), float(probs["severe"])),
+                                    keypoint, source=str(f["source"])))
+        return StudyResult(study_id=str(doc["study_id"]), study_uid=str(doc["study_uid"]), findings=findings,
+                           series_used=dict(doc.get("series_used") or {}), warnings=list(doc.get("warnings") or []),
+                           timings=dict(doc.get("timings_s") or {}), model=str(doc.get("model", "")),
+                           backend=str(doc.get("backend", "")), model_sha256=str(doc.get("model_sha256", "")))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ReportError(f"study report of {doc.get('study_id', '?') if isinstance(doc, dict) else '?'} is "
+                          f"incomplete ({type(exc).__name__}: {exc})") from exc
