@@ -5,7 +5,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Hashable, List, Mapping, Optional, Union
 
 
 
@@ -19,6 +19,22 @@ def median_ms(fn: Callable[[], object], iters: int, warmup: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+def interleaved_runs(engines: Mapping[Hashable, object], images, warmup: int, iters: int) -> Dict[Hashable, List[float]]:
+    """Seconds of ``engine.infer(images)`` for every active engine of ``engines``: ``warmup``
+    untimed runs each, then ``iters`` rounds of one timed run of each engine in turn, so that on a
+    shared machine every side of a ratio sees the same background load."""
+    for engine in engines.values():
+        for _ in range(warmup):
+            engine.infer(images)
+    times: Dict[Hashable, List[float]] = {key: [] for key in engines}
+    for _ in range(iters):
+        for key, engine in engines.items():
+            t0 = time.perf_counter()
+            engine.infer(images)
+            times[key].append(time.perf_counter() - t0)
+    return times
 
 
 def timed(fn: Callable[[], object]) -> "tuple[float, object]":

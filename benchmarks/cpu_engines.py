@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
-from lumbar_edge.benchmarks.common import fmt_ratio, ratio, write_json
+from lumbar_edge.benchmarks.common import fmt_ratio, interleaved_runs, ratio, write_json
 
 #: The speed-up of OpenVINO INT8 over ONNX Runtime INT8 the OpenVINO backend is held to.
 TARGET_INT8 = 1.3
@@ -53,15 +52,7 @@ def run(bundle_path: Path, batches: Sequence[int], study: Optional[Path], warmup
             engine.activate()
         for b in batches:
             x = np.ascontiguousarray(data[:b])
-            for engine in engines.values():
-                for _ in range(warmup):
-                    engine.infer(x)
-            times: Dict[tuple, List[float]] = {k: [] for k in engines}
-            for _ in range(iters):
-                for key, engine in engines.items():
-                    t0 = time.perf_counter()
-                    engine.infer(x)
-                    times[key].append(time.perf_counter() - t0)
+            times = interleaved_runs(engines, x, warmup, iters)
             for (backend, p), values in times.items():
                 med = statistics.median(values)
                 rows.append({"backend": backend, "precision": p, "batch": b, "median_s": med, "slices_per_s": b / med,

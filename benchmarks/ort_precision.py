@@ -15,11 +15,12 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
+
+from lumbar_edge.benchmarks.common import interleaved_runs
 
 
 def _inputs(bundle, study: Optional[Path], count: int) -> "tuple[np.ndarray, str]":
@@ -60,17 +61,7 @@ def run(bundle_path: Path, batches: Sequence[int], study: Optional[Path], warmup
             engine.activate()
         for b in batches:
             x = np.ascontiguousarray(data[:b])
-            for engine in engines.values():
-                for _ in range(warmup):
-                    engine.infer(x)
-            # Interleaved, one run of each precision per round: on a shared machine both sides of
-            # the ratio then see the same background load.
-            times: Dict[str, List[float]] = {p: [] for p in precisions}
-            for _ in range(iters):
-                for p, engine in engines.items():
-                    t0 = time.perf_counter()
-                    engine.infer(x)
-                    times[p].append(time.perf_counter() - t0)
+            times = interleaved_runs(engines, x, warmup, iters)
             for p in precisions:
                 med = statistics.median(times[p])
                 rows.append({"precision": p, "batch": b, "median_s": med, "slices_per_s": b / med})

@@ -27,13 +27,18 @@ def test_the_naive_loader_feeds_the_pipeline_the_same_study(tiny_bundle, one_stu
 
 
 def test_end_to_end_document_lists_every_contender_and_ratio(tiny_bundle, one_study):
+    from lumbar_edge.backends.openvino import OpenVinoEngine
     from lumbar_edge.benchmarks.end_to_end import RATIOS, format_result, run
 
     doc = run(tiny_bundle, one_study, repeats=1, batch=4, overlays=False, progress=False)
     names = [c["name"] for c in doc["contenders"]]
-    assert names[:3] == ["lumbar-edge cpu int8", "lumbar-edge cpu fp32", "lumbar-edge gpu"] and names[3:] == ["a", "b", "c"]
+    assert names == ["lumbar-edge cpu int8", "lumbar-edge cpu fp32", "lumbar-edge openvino int8",
+                     "lumbar-edge openvino fp32", "lumbar-edge gpu", "a", "b", "c"]
     by = {c["name"]: c for c in doc["contenders"]}
     assert "na" in by["lumbar-edge cpu int8"]  # the tiny bundle has no INT8 model
+    # No INT8 model, or no openvino: either way the row says why instead of disappearing.
+    assert by["lumbar-edge openvino int8"]["na"]
+    assert ("na" in by["lumbar-edge openvino fp32"]) != OpenVinoEngine.is_available()
     assert by["lumbar-edge cpu fp32"]["median_s"] > 0 and by["c"]["same_grades_as_lumbar_edge_fp32"] == 1.0
     if baseline_unavailable("b", Bundle.load(tiny_bundle)):
         assert "CUDA" in by["b"]["na"]
