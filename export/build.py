@@ -215,7 +215,9 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
                 accuracy["validation_slices"] = len(val_samples)
             ov_out = openvino_outputs(path, precision, compare_inputs) if reference is not None else None
             if ov_out is not None:
-                ov: Dict[str, object] = {"version": ov_version,
+                from lumbar_edge.backends.openvino import cpu_isa
+
+                ov: Dict[str, object] = {"version": ov_version, "measured_on": {"isa": cpu_isa()},
                                          "outputs": output_deltas(reference, ov_out, groups=groups, stride=4)}
                 if val_samples:
                     ov["validation"] = evaluate_onnx(path, val_samples, val_dataset, layout, train_labels,

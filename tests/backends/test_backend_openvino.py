@@ -12,7 +12,8 @@ from onnx_models import C, H, W, build_model, images, reference, tiny_bundle_of 
 
 from lumbar_edge.backends import activate_engine, open_engine  # noqa: E402
 from lumbar_edge.backends.base import EngineError  # noqa: E402
-from lumbar_edge.backends.openvino import OpenVinoEngine, device_capabilities, int8_accuracy_problem  # noqa: E402
+from lumbar_edge.backends.openvino import (ISA_FLAGS, OpenVinoEngine, cpu_isa,  # noqa: E402
+                                          device_capabilities, int8_accuracy_problem)
 from lumbar_edge.backends.ort import OrtEngine  # noqa: E402
 from lumbar_edge.errors import InputError  # noqa: E402
 from lumbar_edge.labels import HeadLayout  # noqa: E402
@@ -115,10 +116,11 @@ def test_the_module_imports_without_openvino():
     assert out.stdout.strip() == ""
 
 
-def _accuracy(ort_peaks, ov_peaks, ort_score=None, ov_score=None):
+def _accuracy(ort_peaks, ov_peaks, ort_score=None, ov_score=None, isa=None):
     """An INT8 model's ``accuracy_vs_fp32`` record as the export writes it (the parts read here)."""
     record = {"outputs": {"peak_agreement": ort_peaks},
-              "openvino": {"version": "2026.4.1", "outputs": {"peak_agreement": ov_peaks}}}
+              "openvino": {"version": "2026.4.1", "measured_on": {"isa": isa if isa is not None else cpu_isa()},
+                           "outputs": {"peak_agreement": ov_peaks}}}
     if ort_score is not None:
         record["deltas"] = {"score": ort_score}
         record["openvino"]["deltas"] = {"score": ov_score}
@@ -139,6 +141,9 @@ def _two_precision_bundle(tmp_path, accuracy=None):
     (None, "did not measure OpenVINO's INT8 accuracy"),
     (_accuracy(0.94, 0.68), "heatmap peaks in FP32's cell for 68% of keypoints against ONNX Runtime's 94%"),
     (_accuracy(0.94, 0.93, 0.003, 0.08), "validation score \\+0.080 from FP32 against ONNX Runtime's \\+0.003"),
+    # As accurate, but measured on a CPU of another kind (OpenVINO's INT8 kernels depend on it).
+    (_accuracy(0.94, 0.94, isa=["avx2", "avx512f", "avx512_vnni", "not_this_cpu"]),
+     "measured OpenVINO's INT8 accuracy on a CPU with avx2, avx512f, avx512_vnni, not_this_cpu, and this one has"),
 ])
 def test_int8_is_not_chosen_by_default_unless_the_export_measured_it_as_accurate(tmp_path, accuracy, why):
     bundle, _ = _two_precision_bundle(tmp_path, accuracy)
@@ -151,6 +156,19 @@ def test_int8_is_not_chosen_by_default_unless_the_export_measured_it_as_accurate
     with engine:
         assert isinstance(engine, OrtEngine) and engine.precision == "int8"
     assert "skipped openvino: OpenVINO's INT8 is not chosen by default" in reason
+
+
+def test_cpu_isa_reads_the_flags_of_this_cpu():
+    import platform
+
+    isa = cpu_isa()
+    assert isa and all(isinstance(f, str) and f for f in isa)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    assert isa == ([f for f in ISA_FLAGS if f in flags] if flags else [platform.machine() or "unknown"])
 
 
 def test_int8_measured_as_accurate_is_the_default(tmp_path):

@@ -52,6 +52,20 @@ def test_export_bundle_int8_with_arrays(tiny_checkpoint, calib, tmp_path):
     assert set(int8["accuracy_vs_fp32"]["outputs"]["max_abs"]) == {"heatmap", "offset", "severity"}
     assert "Q/DQ check ok" in summary.describe()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no work folders left
+    if importlib.util.find_spec("openvino") is not None:
+        # Where OpenVINO is installed, each model is run there too and compared with the same
+        # FP32 reference; the record says on which CPU features (OpenVINO's kernels depend on them).
+        from lumbar_edge.backends.openvino import cpu_isa
+
+        ov = int8["accuracy_vs_fp32"]["openvino"]
+        assert ov["measured_on"]["isa"] == cpu_isa() and ov["version"]
+        assert set(ov["outputs"]["max_abs"]) == {"heatmap", "offset", "severity"}
+        assert 0 <= ov["outputs"]["peak_agreement"] <= 1
+        # (not == 1: on a tiny model a near-tie may fall either way between two FP32 runtimes)
+        assert bundle.model_entry("fp32")["openvino"]["outputs_vs_onnxruntime"]["peak_agreement"] >= 0.9
+        assert "on OpenVINO" in summary.describe()
+    else:
+        assert "openvino" not in int8["accuracy_vs_fp32"]
 
 
 def test_export_bundle_rejects_unknown_precision(tiny_checkpoint, tmp_path):
@@ -83,3 +97,6 @@ def test_cli_int8_with_calib_and_val(tiny_checkpoint, tmp_path, capsys):
     assert int8["calibration"]["source"] == str(data) and int8["calibration"]["num_slices"] <= 8
     assert "score" in int8["accuracy_vs_fp32"]["deltas"]
     assert bundle.model_entry("fp32")["parity"]["synthetic_inputs"] is False
+    if importlib.util.find_spec("openvino") is not None:
+        ov = int8["accuracy_vs_fp32"]["openvino"]
+        assert "score" in ov["deltas"] and "score" in ov["validation"]

@@ -51,6 +51,26 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: CPU features that decide how OpenVINO runs INT8 (and FP16/BF16) kernels on x86: the accuracy
+#: the export measured holds for CPUs with the same set.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def cpu_isa() -> List[str]:
+    """The :data:`ISA_FLAGS` this CPU has (from /proc/cpuinfo), or ``[platform.machine()]`` where
+    the flags cannot be read (not Linux, not x86)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if not flags:
+        return [platform.machine() or "unknown"]
+    return [flag for flag in ISA_FLAGS if flag in flags]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     # OpenVINO's messages start with the C++ source location ("Exception from src/...:123:");
@@ -98,8 +118,9 @@ def _int8_convolutions(compiled) -> Optional[str]:
 def int8_accuracy_problem(bundle) -> Optional[str]:
     """Why OpenVINO's INT8 should not run ``bundle`` by default, from the export's accuracy record
     (``accuracy_vs_fp32.openvino`` of the INT8 model, written where openvino was installed), or
-    None when it was measured and is within :data:`INT8_PEAK_MARGIN` / :data:`INT8_SCORE_MARGIN`
-    of ONNX Runtime's INT8 on the same file."""
+    None when it was measured, is within :data:`INT8_PEAK_MARGIN` / :data:`INT8_SCORE_MARGIN` of
+    ONNX Runtime's INT8 on the same file, and was measured on a CPU with this one's
+    :data:`ISA_FLAGS`."""
     entry = next((m for m in bundle.manifest.get("models", []) if m.get("precision") == "int8"), None)
     accuracy = (entry or {}).get("accuracy_vs_fp32") or {}
     ov = accuracy.get("openvino")
@@ -116,6 +137,15 @@ def int8_accuracy_problem(bundle) -> Optional[str]:
     if ort_score is not None and ov_score is not None and ov_score > ort_score + INT8_SCORE_MARGIN:
         return (f"the export measured OpenVINO {ov.get('version')}'s INT8 validation score {ov_score:+.3f} from "
                 f"FP32 against ONNX Runtime's {ort_score:+.3f} on the same file")
+    # OpenVINO picks its INT8 kernels by CPU features (AVX2, AVX-512 VNNI, AMX...), so its accuracy
+    # may differ between CPUs (the gap above was measured on an AVX2-only CPU, no other was at
+    # hand): a measurement is trusted only on CPUs with the same set.
+    measured_isa = (ov.get("measured_on") or {}).get("isa")
+    here = cpu_isa()
+    if measured_isa is None or sorted(measured_isa) != sorted(here):
+        return (f"the export measured OpenVINO's INT8 accuracy on a CPU with "
+                f"{', '.join(measured_isa) if measured_isa else 'unrecorded features'}, and this one has "
+                f"{', '.join(here)} (re-export the bundle on a CPU like this one)")
     return None
 
 
@@ -300,5 +330,5 @@ class OpenVinoEngine(Engine):
         return out
 
 
-__all__ = ["HINTS", "INT8_PEAK_MARGIN", "INT8_SCORE_MARGIN", "OpenVinoEngine", "PREFERRED_PRECISIONS",
-           "device_capabilities", "int8_accuracy_problem"]
+__all__ = ["HINTS", "INT8_PEAK_MARGIN", "INT8_SCORE_MARGIN", "ISA_FLAGS", "OpenVinoEngine", "PREFERRED_PRECISIONS",
+           "cpu_isa", "device_capabilities", "int8_accuracy_problem"]
