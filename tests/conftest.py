@@ -84,3 +84,18 @@ def tiny_bundle(tiny_rsna, tmp_path_factory):
                       batch_size=4, width=8, decoder_channels=16, seed=1), progress=False)
     export_bundle(root / "run" / "best.pt", root / "bundle", ("fp32",), progress=False)
     return root / "bundle"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_cache_in_a_temporary_folder(tmp_path_factory):
+    """Runtime caches (OpenVINO's compiled models) go to a folder of this test session, not the
+    user's ~/.cache."""
+    import os
+
+    old = os.environ.get("LUMBAR_EDGE_CACHE_DIR")
+    os.environ["LUMBAR_EDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("LUMBAR_EDGE_CACHE_DIR", None)
+    else:
+        os.environ["LUMBAR_EDGE_CACHE_DIR"] = old

@@ -43,6 +43,25 @@ def test_infer_matches_numpy_for_dynamic_batches(model, hint):
             np.testing.assert_allclose(out["heatmap"], reference(x, wts)["heatmap"], rtol=1e-4, atol=1e-4)
 
 
+def test_batches_run_padded_to_a_power_of_two_and_compiles_are_cached(model, tmp_path):
+    path, wts = model
+    cache = tmp_path / "cache"
+    with OpenVinoEngine(path, cache_dir=cache) as engine:
+        assert engine.describe()["compiled_batches"] == [1]  # compiled at activation
+        for n in (3, 4, 7, 2):
+            x = images(n, seed=n)
+            out = engine.infer(x)
+            assert out["heatmap"].shape[0] == n  # the padding never leaks into the outputs
+            np.testing.assert_allclose(out["heatmap"], reference(x, wts)["heatmap"], rtol=1e-4, atol=1e-4)
+        # 3 and 4 share the batch-4 compile, 7 runs at 8, 2 at 2: four compiles, not five.
+        assert engine.describe()["compiled_batches"] == [1, 2, 4, 8]
+        assert engine.describe()["cache_dir"] == str(cache)
+    assert any(cache.iterdir()), "OpenVINO wrote its compiled models into the cache"
+    with OpenVinoEngine(path, cache_dir=None) as engine:
+        engine.infer(images(1))
+        assert engine.describe()["cache_dir"] is None
+
+
 def test_defaults_and_description(model):
     path, _ = model
     engine = OpenVinoEngine(path)

@@ -71,6 +71,20 @@ def cpu_isa() -> List[str]:
     return [flag for flag in ISA_FLAGS if flag in flags]
 
 
+def default_cache_dir() -> Optional[Path]:
+    """Where compiled OpenVINO models are cached between runs: ``$LUMBAR_EDGE_CACHE_DIR/openvino``,
+    else ``$XDG_CACHE_HOME`` or ``~/.cache``, ``/lumbar-edge/openvino``; None when that folder
+    cannot be made (the engine then compiles every run: slower, not wrong)."""
+    root = os.environ.get("LUMBAR_EDGE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lumbar-edge")
+    folder = Path(root) / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     # OpenVINO's messages start with the C++ source location ("Exception from src/...:123:");
@@ -167,7 +181,8 @@ class OpenVinoEngine(Engine):
 
     def __init__(self, model_path: Union[str, Path], *, device: str = "CPU", threads: Optional[int] = None,
                  hint: str = "latency", max_batch: int = 64, precision: str = "fp32",
-                 num_keypoints: Optional[int] = None, num_conditions: Optional[int] = None):
+                 num_keypoints: Optional[int] = None, num_conditions: Optional[int] = None,
+                 cache_dir: Union[str, Path, None, bool] = True):
         super().__init__(precision=precision, max_batch=max_batch, num_keypoints=num_keypoints,
                          num_conditions=num_conditions)
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -182,6 +197,10 @@ class OpenVinoEngine(Engine):
         self.device = device.strip()
         self.threads = threads if threads is not None else _cpu_count()
         self.hint = hint
+        #: Where OpenVINO keeps compiled models between processes (``True``: :func:`default_cache_dir`;
+        #: ``None``/``False``: no cache).
+        self.cache_dir: Optional[Path] = (default_cache_dir() if cache_dir is True
+                                          else Path(cache_dir) if cache_dir else None)
         self.version: Optional[str] = None
         self._core = None
         self._model = None
@@ -233,6 +252,8 @@ class OpenVinoEngine(Engine):
     def _config(self) -> Dict[str, object]:
         config: Dict[str, object] = {"PERFORMANCE_HINT": self.hint.upper(),
                                      "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[self.precision]}
+        if self.cache_dir is not None:
+            config["CACHE_DIR"] = str(self.cache_dir)
         if self.device.split(".")[0] == "CPU":
             config["INFERENCE_NUM_THREADS"] = self.threads
         return config
@@ -318,29 +339,43 @@ class OpenVinoEngine(Engine):
             raise EngineError(f"OpenVINO cannot compile {self.model_path.name} for {self.device} at {what}: "
                               f"{_first_line(exc)}") from exc
 
+    def _bucket(self, n: int) -> int:
+        """The batch a slice of ``n`` images runs at: the model's fixed batch, else the smallest
+        power of two >= n (a pipeline's batches and remainders then need at most 4 compiles for
+        batch 8, instead of one per remainder; the padding costs less than a compile)."""
+        fixed = self.input_shape[0]
+        return fixed if fixed is not None else 1 << (int(n) - 1).bit_length()
+
     def _infer(self, images: np.ndarray) -> Mapping[str, np.ndarray]:
-        # The batch is split into as many contiguous slices as the device has requests for it
-        # (one with the latency hint: the whole batch); each slice runs on a request compiled for
-        # its shape. Inputs are shared, not copied: the caller's array outlives the wait.
-        per_shape = len(self._entry(tuple(images.shape))[1])
-        chunks = np.array_split(np.arange(len(images)), min(per_shape, len(images)))
+        # The batch is split into as many contiguous slices as the device has requests (one with
+        # the latency hint: the whole batch); each slice runs on a request compiled for its padded
+        # shape. Unpadded slices are shared, not copied: the caller's array outlives the wait.
+        n, rest = len(images), tuple(images.shape[1:])
+        per_shape = len(self._entry((self._bucket(n),) + rest)[1])
+        chunks = np.array_split(np.arange(n), min(per_shape, n))
         used: Dict[Tuple[int, ...], int] = {}
         busy, error = [], None
         for rows in chunks:
             part = images[rows[0]:rows[-1] + 1]
-            _, requests, ports = self._entry(tuple(part.shape))
-            shape = tuple(part.shape)
-            request = requests[used.get(shape, 0)]
+            shape = (self._bucket(len(part)),) + rest
+            if shape[0] != len(part):
+                padded = np.zeros(shape, dtype=np.float32)
+                padded[:len(part)] = part
+                part_in = padded
+            else:
+                part_in = part
+            _, requests, ports = self._entry(shape)
+            request = requests[used.get(shape, 0) % len(requests)]
             used[shape] = used.get(shape, 0) + 1
             try:
-                request.start_async({0: part}, share_inputs=True)
+                request.start_async({0: part_in}, share_inputs=True)
             except _OV_ERRORS as exc:
                 error = exc
                 break
-            busy.append((request, ports))
+            busy.append((request, ports, len(part), part_in))
         # Every started request is waited for, even after a failure, so none is still writing
-        # into its buffers (or reading the caller's array) when this returns.
-        for request, _ in busy:
+        # into its buffers (or reading an input array) when this returns.
+        for request, _, _, _ in busy:
             try:
                 request.wait()
             except _OV_ERRORS as exc:
@@ -348,9 +383,9 @@ class OpenVinoEngine(Engine):
         if error is not None:
             raise EngineError(f"OpenVINO failed on a batch of {list(images.shape)} ({self.model_path.name}): "
                               f"{_first_line(error)}") from error
-        # The requests' output buffers are reused by their next run: copy out now.
-        parts = [{name: np.array(request.get_tensor(port).data, dtype=np.float32, copy=True)
-                  for name, port in ports.items()} for request, ports in busy]
+        # The requests' output buffers are reused by their next run: copy out now (padding dropped).
+        parts = [{name: np.array(request.get_tensor(port).data[:count], dtype=np.float32, copy=True)
+                  for name, port in ports.items()} for request, ports, count, _ in busy]
         if len(parts) == 1:
             return parts[0]
         return {name: np.concatenate([p[name] for p in parts]) for name in OUTPUT_NAMES}
@@ -364,6 +399,7 @@ class OpenVinoEngine(Engine):
         """Settings for logs and benchmark records (the compiled model's own, once active)."""
         out: Dict[str, object] = {"backend": self.name, "precision": self.precision, "model": str(self.model_path),
                                   "device": self.device, "hint": self.hint, "threads": self.threads,
+                                  "cache_dir": str(self.cache_dir) if self.cache_dir else None,
                                   "openvino": self.version, "max_batch": self.max_batch,
                                   "input_shape": list(self.input_shape)}
         out.update({k: v for k, v in self._settings.items() if k != "requested"})
@@ -371,5 +407,5 @@ class OpenVinoEngine(Engine):
         return out
 
 
-__all__ = ["HINTS", "INT8_PEAK_MARGIN", "INT8_SCORE_MARGIN", "ISA_FLAGS", "OpenVinoEngine", "PREFERRED_PRECISIONS",
+__all__ = ["default_cache_dir", "HINTS", "INT8_PEAK_MARGIN", "INT8_SCORE_MARGIN", "ISA_FLAGS", "OpenVinoEngine", "PREFERRED_PRECISIONS",
            "cpu_isa", "device_capabilities", "int8_accuracy_problem"]
