@@ -67,6 +67,9 @@ class Server:
         self.tracker = StudyTracker(self.spool, self.store, quiet_time=cfg.quiet_time, hold_timeout=cfg.hold_timeout,
                                     on_complete=self.worker.submit)
         states = list(self.store.load_all())
+        # Before anything new is journaled: the lines a kill cut off between a state's save and
+        # its journal line, so the journal says every study's completion exactly once.
+        self.store.reconcile_journal(states)
         pending = self.tracker.recover(states, self.spool.leftover_associations())
         undelivered = self._resume_finished(states)
         self.worker.start()

@@ -110,6 +110,20 @@ class StateStore:
                 continue
             yield state
 
+    def reconcile_journal(self, states) -> int:
+        """Append the journal lines a kill cut off: a state is saved before its journal line is
+        written, so a process killed between the two leaves a study whose stage says it was
+        completed (or done) with no such line. Each missing line is added once, marked
+        ``recovered``; returns how many."""
+        seen = {(e.get("event"), e.get("study_uid"), e.get("revision")) for e in read_journal(self.root)}
+        added = 0
+        for st in states:
+            for event in _IMPLIED_EVENTS.get(st.stage, ()):
+                if (event, st.study_uid, st.revision) not in seen:
+                    self.journal(event, st, recovered=True)
+                    added += 1
+        return added
+
     def journal(self, event: str, state: BatchState, **extra) -> None:
         """Append one line ``{time, event, study_uid, revision, ...}`` to ``journal.jsonl``."""
         entry = {"time": round(time.time(), 3), "event": event, "study_uid": state.study_uid,
@@ -121,6 +135,11 @@ class StateStore:
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
+
+
+#: The journal events each stage implies happened before it (for :meth:`StateStore.reconcile_journal`).
+_IMPLIED_EVENTS = {COMPLETE: ("complete",), PROCESSING: ("complete",), DONE: ("complete", "done"),
+                   FORWARDED: ("complete", "done"), FAILED: ("complete",)}
 
 
 def read_journal(spool_root: Path) -> List[dict]:

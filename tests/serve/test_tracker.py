@@ -163,3 +163,22 @@ def test_worker_marks_a_bad_study_and_a_repeatedly_interrupted_one_failed(tmp_pa
     crashed = BatchState(study_uid="9.2", revision=1, stage="processing", attempts=MAX_ATTEMPTS)
     worker.process(crashed)
     assert crashed.stage == "failed" and "interrupted" in crashed.error
+
+
+def test_journal_lines_cut_off_by_a_kill_are_added_once_at_start(tmp_path):
+    # A state is saved before its journal line is written: a kill between the two leaves a study
+    # whose stage says it was completed (or done) with no line for it.
+    store = StateStore(tmp_path)
+    done = BatchState("9.1", 1, stage="done", sop_uids=["1.1"])
+    complete = BatchState("9.2", 1, stage="complete", sop_uids=["2.1"])
+    receiving = BatchState("9.3", 1)
+    for st in (done, complete, receiving):
+        store.save(st)
+    store.journal("complete", done)  # its "done" line was cut off, not this one
+    assert store.reconcile_journal([done, complete, receiving]) == 2
+    entries = read_journal(tmp_path)
+    got = [(e["event"], e["study_uid"], e.get("recovered", False)) for e in entries]
+    assert got == [("complete", "9.1", False), ("done", "9.1", True), ("complete", "9.2", True)]
+    # Once added, never again.
+    assert store.reconcile_journal([done, complete, receiving]) == 0
+    assert len(read_journal(tmp_path)) == 3
