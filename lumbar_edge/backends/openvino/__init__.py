@@ -364,10 +364,19 @@ class OpenVinoEngine(Engine):
                 part_in = padded
             else:
                 part_in = part
-            _, requests, ports = self._entry(shape)
-            request = requests[used.get(shape, 0) % len(requests)]
-            used[shape] = used.get(shape, 0) + 1
             try:
+                compiled, requests, ports = self._entry(shape)
+            except EngineError as exc:  # a new shape that does not compile: raised after the waits
+                error = exc
+                break
+            index = used.get(shape, 0)
+            used[shape] = index + 1
+            try:
+                # Slices of one call never share a request (a busy request refuses a second
+                # start); a shape whose compile asked for fewer requests than slices gets more.
+                while len(requests) <= index:
+                    requests.append(compiled.create_infer_request())
+                request = requests[index]
                 request.start_async({0: part_in}, share_inputs=True)
             except _OV_ERRORS as exc:
                 error = exc
@@ -380,6 +389,8 @@ class OpenVinoEngine(Engine):
                 request.wait()
             except _OV_ERRORS as exc:
                 error = error or exc
+        if isinstance(error, EngineError):
+            raise error
         if error is not None:
             raise EngineError(f"OpenVINO failed on a batch of {list(images.shape)} ({self.model_path.name}): "
                               f"{_first_line(error)}") from error
