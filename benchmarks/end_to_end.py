@@ -62,25 +62,22 @@ def contenders(bundle_path: Path, batch: int, threads: Optional[int]) -> Dict[st
 
     bundle = Bundle.load(bundle_path)
     out: Dict[str, Dict[str, object]] = {}
-    for precision in ("int8", "fp32"):
-        name = f"lumbar-edge cpu {precision}"
-        if precision not in bundle.precisions:
-            out[name] = {"label": name, "na": f"the bundle has no {precision} ONNX model"}
-            continue
-        pipe = Pipeline(bundle, OrtEngine.from_bundle(bundle, precision, threads=threads), batch_size=batch)
-        out[name] = {"label": f"lumbar-edge, onnxruntime {precision} (CPU)", "run": pipe.run_study, "close": pipe.close}
-    for precision in ("int8", "fp32"):
-        name = f"lumbar-edge openvino {precision}"
-        why = OpenVinoEngine.unavailable_reason()
-        if why is None and precision not in bundle.precisions:
-            why = f"the bundle has no {precision} ONNX model"
-        if why is not None:
-            out[name] = {"label": name, "na": why}
-            continue
-        engine = OpenVinoEngine.from_bundle(bundle, precision, threads=threads, hint="latency")
-        pipe = Pipeline(bundle, engine, batch_size=batch)
-        out[name] = {"label": f"lumbar-edge, openvino {precision} (CPU, latency hint)", "run": pipe.run_study,
-                     "close": pipe.close}
+    # The CPU engines on the bundle's ONNX files; "cpu" is ONNX Runtime, the project's CPU default.
+    cpu_engines = (("cpu", "onnxruntime", OrtEngine, {}, "CPU"),
+                   ("openvino", "openvino", OpenVinoEngine, {"hint": "latency"}, "CPU, latency hint"))
+    for key, runtime, engine_cls, options, where in cpu_engines:
+        for precision in ("int8", "fp32"):
+            name = f"lumbar-edge {key} {precision}"
+            why = engine_cls.unavailable_reason()
+            if why is None and precision not in bundle.precisions:
+                why = f"the bundle has no {precision} ONNX model"
+            if why is not None:
+                out[name] = {"label": name, "na": why}
+                continue
+            engine = engine_cls.from_bundle(bundle, precision, threads=threads, **options)
+            pipe = Pipeline(bundle, engine, batch_size=batch)
+            out[name] = {"label": f"lumbar-edge, {runtime} {precision} ({where})", "run": pipe.run_study,
+                         "close": pipe.close}
     try:
         backend, why = select_backend("auto", ("tensorrt", "torch"))
         pipe = Pipeline.load(bundle_path, backend=backend, batch_size=batch)

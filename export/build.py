@@ -19,7 +19,7 @@ import onnx
 from lumbar_edge.bundle import MODEL_FILES, PRECISIONS, Bundle
 
 from .errors import ExportError
-from .onnx_export import DEFAULT_OPSET, FP32_TOLERANCES, export_checkpoint, opset_of, synthetic_batch
+from .onnx_export import DEFAULT_OPSET, FP32_TOLERANCES, export_checkpoint, opset_of, ort_outputs, synthetic_batch
 
 log = logging.getLogger("lumbar_edge.export")
 
@@ -168,14 +168,11 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
         files[MODEL_FILES["fp32"]] = fp32_path
         models.append({"precision": "fp32", "file": MODEL_FILES["fp32"], "opset": opset,
                        "parity": exported.parity.to_dict()})
-        # Where OpenVINO is installed, each model is also run there and compared with the same
-        # FP32 reference (ONNX Runtime's outputs), so the manifest covers both CPU runtimes.
+        # The FP32 reference on the comparison inputs (ONNX Runtime), run once: every reduced
+        # precision and, where OpenVINO is installed, every model run there is compared with it.
+        reference = ort_outputs(fp32_path, compare_inputs)
         ov_version = openvino_version()
-        reference = None
         if ov_version is not None:
-            from .onnx_export import ort_outputs
-
-            reference = ort_outputs(fp32_path, compare_inputs)
             ov_fp32 = openvino_outputs(fp32_path, "fp32", compare_inputs)
             if ov_fp32 is not None:
                 models[0]["openvino"] = {"version": ov_version,
@@ -201,8 +198,8 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
                 entry["calibration"] = report.to_dict()
                 entry["qdq_check"] = qdq.to_dict()
             entry["opset"] = opset_of(onnx.load(str(path), load_external_data=False))
-            accuracy: Dict[str, object] = {"outputs": output_deltas(fp32_path, path, compare_inputs, groups=groups,
-                                                                     stride=4),
+            accuracy: Dict[str, object] = {"outputs": output_deltas(reference, ort_outputs(path, compare_inputs),
+                                                                     groups=groups, stride=4),
                                            "outputs_on": ("synthetic inputs" if exported.parity.synthetic_inputs
                                                           else "preprocessed slices")}
             if val_samples:
@@ -213,7 +210,7 @@ def export_bundle(checkpoint: Union[str, Path], out: Union[str, Path], precision
                 accuracy["deltas"] = accuracy_deltas(validation["fp32"], metrics)
                 accuracy["validation_source"] = str(val)
                 accuracy["validation_slices"] = len(val_samples)
-            ov_out = openvino_outputs(path, precision, compare_inputs) if reference is not None else None
+            ov_out = openvino_outputs(path, precision, compare_inputs) if ov_version is not None else None
             if ov_out is not None:
                 from lumbar_edge.backends.openvino import cpu_isa
 

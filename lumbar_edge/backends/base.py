@@ -37,6 +37,17 @@ class EngineError(LumbarEdgeError):
     rejects, outputs that break the model contract, or ``infer`` before ``activate``."""
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (the affinity mask in containers), at least 1: the CPU
+    engines' default thread count."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux: no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
 def _dims(shape: Sequence[object]) -> Tuple[Optional[int], ...]:
     """A declared shape with symbolic or unknown dimensions as ``None``."""
     return tuple(d if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None for d in shape)

@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from ...errors import InputError
-from ..base import OUTPUT_NAMES, Engine, EngineError, _dims
+from ..base import OUTPUT_NAMES, Engine, EngineError, _dims, usable_cpus
 
 #: Precisions in the order this backend prefers them when the caller names none: INT8 (Q/DQ) is
 #: the fastest on CPUs, but only where the export measured OpenVINO's INT8 to be as accurate as
@@ -41,14 +41,6 @@ VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 #: that have it (AMX, AVX512-BF16) and FP16 on GPUs, which would make "fp32" mean something else
 #: on each machine and the grades differ from the other backends'.
 _INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "fp16": "f16"}
-
-
-def _cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask in containers), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux: no affinity call
-        return max(1, os.cpu_count() or 1)
 
 
 #: CPU features that decide how OpenVINO runs INT8 (and FP16/BF16) kernels on x86: the accuracy
@@ -195,7 +187,7 @@ class OpenVinoEngine(Engine):
             raise InputError(f"precision must be one of {', '.join(_INFERENCE_PRECISION)}, got {precision!r}")
         self.model_path = Path(model_path)
         self.device = device.strip()
-        self.threads = threads if threads is not None else _cpu_count()
+        self.threads = threads if threads is not None else usable_cpus()
         self.hint = hint
         #: Where OpenVINO keeps compiled models between processes (``True``: :func:`default_cache_dir`;
         #: ``None``/``False``: no cache).
@@ -300,8 +292,7 @@ class OpenVinoEngine(Engine):
             compiled, requests = self._compile(model, "its declared input shape")
         else:
             compiled, requests, _ = self._entry((dims[0] or 1,) + tuple(dims[1:]))
-        self._settings = {"requested": self._config_used,
-                          "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+        self._settings = {"inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
                           "streams": int(compiled.get_property("NUM_STREAMS")), "requests": len(requests),
                           "execution_devices": [str(d) for d in compiled.get_property("EXECUTION_DEVICES")],
                           "int8_convolutions": _int8_convolutions(compiled)}
@@ -310,8 +301,8 @@ class OpenVinoEngine(Engine):
         """``(compiled model, infer requests, output ports)`` for input ``shape``, compiled on first
         use. Every shape gets its own static compile: with a dynamic batch, OpenVINO's INT8 on the
         demo bundle put 66% of heatmap peaks in FP32's cell, with static shapes 95% (ONNX Runtime:
-        94%); compiling takes about a second per shape, once (a pipeline sees its batch size and
-        the remainders)."""
+        94%). Compiling takes about 2 s per shape here, once per process (0.4 s from the cache);
+        :meth:`_bucket` keeps the shapes few."""
         entry = self._entries.get(shape)
         if entry is not None:
             return entry
@@ -413,7 +404,7 @@ class OpenVinoEngine(Engine):
                                   "cache_dir": str(self.cache_dir) if self.cache_dir else None,
                                   "openvino": self.version, "max_batch": self.max_batch,
                                   "input_shape": list(self.input_shape)}
-        out.update({k: v for k, v in self._settings.items() if k != "requested"})
+        out.update(self._settings)
         out["compiled_batches"] = sorted({shape[0] for shape in self._entries})
         return out
 

@@ -6,14 +6,13 @@ The package is called ``ort`` rather than ``onnxruntime`` so that nobody reading
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ...errors import InputError
-from ..base import OUTPUT_NAMES, Engine, EngineError, _dims
+from ..base import OUTPUT_NAMES, Engine, EngineError, _dims, usable_cpus
 
 #: Precisions in the order this backend prefers them when the caller names none. INT8 (Q/DQ)
 #: first: its convolutions run as QLinearConv, 2.7-2.8x FP32 on the demo model (2 cores), and the export
@@ -32,14 +31,6 @@ DISABLED_OPTIMIZERS = ("CommonSubexpressionElimination",)
 #: spinning took their CPU: `infer` over 50 synthetic studies on 2 cores took 52.0-52.9 s without
 #: spinning against 56.1-57.3 s with it (INT8, alternated runs); one study alone ran the same.
 SESSION_CONFIG = (("session.intra_op.allow_spinning", "0"),)
-
-
-def _cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask in containers), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux: no affinity call
-        return max(1, os.cpu_count() or 1)
 
 
 def _ort_errors(ort) -> Tuple[type, ...]:
@@ -88,7 +79,7 @@ class OrtEngine(Engine):
         if providers is not None and (isinstance(providers, str) or not providers):
             raise InputError(f"providers must be a non-empty list of execution provider names, got {providers!r}")
         self.model_path = Path(model_path)
-        self.threads = threads if threads is not None else _cpu_count()
+        self.threads = threads if threads is not None else usable_cpus()
         self.providers: List[str] = list(providers) if providers is not None else ["CPUExecutionProvider"]
         self.ort_defaults = bool(ort_defaults)
         self.input_name: Optional[str] = None
