@@ -33,7 +33,11 @@ TAGS: Dict[int, Tuple[str, str]] = {
     0x00280010: ("Rows", "US"), 0x00280011: ("Columns", "US"), 0x00280030: ("PixelSpacing", "DS"),
     0x00280100: ("BitsAllocated", "US"), 0x00280101: ("BitsStored", "US"),
     0x00280103: ("PixelRepresentation", "US"), 0x00281052: ("RescaleIntercept", "DS"),
-    0x00281053: ("RescaleSlope", "DS"),
+    0x00281053: ("RescaleSlope", "DS"), 0x00181164: ("ImagerPixelSpacing", "DS"),
+    0x00185100: ("PatientPosition", "CS"),
+    # US or SS by PixelRepresentation; implicit VR files give no VR, so the header reader
+    # reinterprets the two bytes as signed when PixelRepresentation is 1.
+    0x00280120: ("PixelPaddingValue", "US"), 0x00280121: ("PixelPaddingRangeLimit", "US"),
 }
 _LAST_TAG = max(TAGS)
 
@@ -47,6 +51,7 @@ _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 _CHUNK = 16384
 _U16 = struct.Struct("<H")
+_S16 = struct.Struct("<h")
 _U32 = struct.Struct("<L")
 _TAG_LEN = struct.Struct("<HHL")  # implicit VR element header; also item headers
 _TAG_VR_LEN = struct.Struct("<HH2sH")  # explicit VR element header with a 2-byte length
@@ -259,10 +264,10 @@ def _number(raw: bytes, vr: str):
 
 
 def _decode(vr: str, raw: bytes):
-    if vr == "US":
+    if vr == "US" or vr == "SS":
         if len(raw) < 2:
             return None
-        return _U16.unpack(raw[:2])[0]
+        return (_U16 if vr == "US" else _S16).unpack(raw[:2])[0]
     if vr == "DS" or vr == "IS":
         number = _number(raw, vr)
         if number is not None:

@@ -23,7 +23,8 @@ HEADER_KEYWORDS: Tuple[str, ...] = (
     "SequenceName", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "InstanceNumber",
     "ImagePositionPatient", "ImageOrientationPatient", "SamplesPerPixel", "PhotometricInterpretation",
     "NumberOfFrames", "Rows", "Columns", "PixelSpacing", "BitsAllocated", "BitsStored", "PixelRepresentation",
-    "RescaleIntercept", "RescaleSlope",
+    "RescaleIntercept", "RescaleSlope", "ImagerPixelSpacing", "PatientPosition", "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
 )
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -72,6 +73,15 @@ class HeaderRecord(NamedTuple):
     sequence_name: str
     spacing_between_slices: Optional[float]
     slice_thickness: Optional[float]
+    #: ImagerPixelSpacing (the fallback where PixelSpacing is missing), PatientPosition (HFS,
+    #: FFS, HFP ...), PixelPaddingValue and PixelPaddingRangeLimit as stored values (signed
+    #: where PixelRepresentation is 1); None / "" when absent.
+    imager_pixel_spacing: Optional[Tuple[float, float]] = None
+    patient_position: str = ""
+    pixel_padding_value: Optional[int] = None
+    pixel_padding_range_limit: Optional[int] = None
+    #: The 0-based frame of a multi-frame file this record describes; None for a single-frame file.
+    frame: Optional[int] = None
 
     def get(self, keyword: str, default: Any = None) -> Any:
         """DICOM-keyword access for classification (``SequenceInfo.from_mapping``)."""
@@ -191,6 +201,7 @@ def _record(path: str, ds, ts: str, media_class: str, pixel: Optional[Skip]) -> 
     if ts and _is_video(ts):
         return "unsupported", f"video transfer syntax {_sop_name(ts)} is not supported"
     bits_allocated = _int(ds.get("BitsAllocated")) or 16
+    pixel_representation = _int(ds.get("PixelRepresentation")) or 0
     return HeaderRecord(
         path=path, transfer_syntax_uid=ts, sop_class_uid=sop_class,
         sop_uid=str(ds.get("SOPInstanceUID")).strip(), study_uid=str(ds.get("StudyInstanceUID")).strip(),
@@ -200,7 +211,7 @@ def _record(path: str, ds, ts: str, media_class: str, pixel: Optional[Skip]) -> 
         position=_floats(ds.get("ImagePositionPatient"), 3), orientation=_floats(ds.get("ImageOrientationPatient"), 6),
         pixel_spacing=_floats(ds.get("PixelSpacing"), 2), photometric=photometric,
         bits_stored=_int(ds.get("BitsStored")) or bits_allocated,
-        pixel_representation=_int(ds.get("PixelRepresentation")) or 0,
+        pixel_representation=pixel_representation,
         rescale_slope=_float(ds.get("RescaleSlope"), 1.0) or 1.0,
         rescale_intercept=_float(ds.get("RescaleIntercept"), 0.0),
         modality=_text(ds.get("Modality")), series_description=_text(ds.get("SeriesDescription")),
@@ -211,6 +222,10 @@ def _record(path: str, ds, ts: str, media_class: str, pixel: Optional[Skip]) -> 
         sequence_variant=_codes(ds.get("SequenceVariant")), scan_options=_codes(ds.get("ScanOptions")),
         sequence_name=_text(ds.get("SequenceName")), spacing_between_slices=_float(ds.get("SpacingBetweenSlices")),
         slice_thickness=_float(ds.get("SliceThickness")),
+        imager_pixel_spacing=_floats(ds.get("ImagerPixelSpacing"), 2),
+        patient_position=_text(ds.get("PatientPosition")).upper(),
+        pixel_padding_value=_stored(ds.get("PixelPaddingValue"), pixel_representation),
+        pixel_padding_range_limit=_stored(ds.get("PixelPaddingRangeLimit"), pixel_representation),
     )
 
 
@@ -311,6 +326,17 @@ def _int(value: Any) -> Optional[int]:
         return int(float(value)) if value is not None else None
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _stored(value: Any, pixel_representation: int) -> Optional[int]:
+    """A US-or-SS pixel value (PixelPaddingValue): read as unsigned by a reader that had no VR
+    (implicit VR), so reinterpreted as 16-bit signed when the pixels are signed."""
+    number = _int(value)
+    if number is None:
+        return None
+    if pixel_representation == 1 and 0x8000 <= number <= 0xFFFF:
+        number -= 0x10000
+    return number
 
 
 def _float(value: Any, default: Optional[float] = None) -> Optional[float]:

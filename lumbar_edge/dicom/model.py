@@ -80,6 +80,12 @@ class Instance:
     transfer_syntax_uid: str = ""
     bits_stored: int = 16
     pixel_representation: int = 0
+    #: PixelPaddingValue / PixelPaddingRangeLimit as stored values (None when absent): pixels
+    #: in that range are background the scanner filled in, not anatomy.
+    pixel_padding_value: Optional[int] = None
+    pixel_padding_range_limit: Optional[int] = None
+    #: The 0-based frame of a multi-frame (Enhanced MR) file; None for a single-frame file.
+    frame: Optional[int] = None
     #: mm along the series normal (set when the series is sorted; None without geometry).
     position: Optional[float] = None
 

@@ -300,7 +300,8 @@ def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequ
         rows=r.rows, columns=r.columns, image_position=r.position, image_orientation=r.orientation,
         pixel_spacing=r.pixel_spacing, photometric=r.photometric, rescale_slope=r.rescale_slope,
         rescale_intercept=r.rescale_intercept, transfer_syntax_uid=r.transfer_syntax_uid, bits_stored=r.bits_stored,
-        pixel_representation=r.pixel_representation) for r in recs]
+        pixel_representation=r.pixel_representation, pixel_padding_value=r.pixel_padding_value,
+        pixel_padding_range_limit=r.pixel_padding_range_limit, frame=r.frame) for r in recs]
     # Slices are usually written with one identical orientation: compute each distinct one once.
     normals = {o: _normal(o) for o in {r.orientation for r in recs}}
     normal = None
