@@ -23,8 +23,9 @@ sagittal T1 and T2 series and the axial series of a study share one patient coor
 - **Foramen level** (:func:`level_prior`): each level's foramina lie beside that level's canal
   segment, so the canal levels of the T2 series hold the T1 levels where the network would name
   the foramina one level off.
-- **Axial level**: an axial slice shows the level whose disc (the canal point found on the sagittal
-  T2 series, in patient mm) is nearest its plane.
+- **Axial level**: per disc level, the axial slice whose plane is nearest that disc (the canal
+  point found on the sagittal T2 series, in patient mm), taken from whichever axial series or stack has it: one parallel stack, several stacks angled along
+  their discs, or several series covering different discs.
 """
 from __future__ import annotations
 
@@ -48,11 +49,17 @@ class SlicePeaks:
     xy: np.ndarray  # [K, 2] model-input pixels
     score: np.ndarray  # [K]
     probs: np.ndarray  # [K, 3]
+    #: How the stored slice was turned to the trained orientation before the model saw it
+    #: (a :class:`~lumbar_edge.dicom.orient.Reorientation`); None: as stored.
+    orient: object = None
 
 
 def keypoint_of(series, peaks: SlicePeaks, k: int) -> Keypoint:
-    """The :class:`Keypoint` of channel ``k`` of ``peaks``: source pixels and patient mm."""
+    """The :class:`Keypoint` of channel ``k`` of ``peaks``: pixels of the stored slice (as the
+    DICOM file holds it, whatever orientation the model saw) and patient mm."""
     x, y = peaks.letterbox.to_source(peaks.xy[k, 0], peaks.xy[k, 1])
+    if peaks.orient is not None:
+        x, y = peaks.orient.to_stored(x, y)
     mm = np.asarray(peaks.instance.geometry.pixel_to_patient(float(x), float(y)), dtype=np.float64).reshape(-1)[:3]
     return Keypoint(series_uid=series.series_uid, series_id=str(series.series_id), sop_uid=peaks.instance.sop_uid,
                     instance_number=int(peaks.instance.instance_number), x=float(x), y=float(y),
@@ -359,34 +366,48 @@ def sagittal_levels(t2_series=None, t2_peaks: Sequence[SlicePeaks] = (), t1_seri
     return canal, {(side, lv): r for side, (rs, _) in chosen.items() for lv, r in rs.items()}, midline
 
 
-def axial_slices_for_levels(series, disc_mm: Dict[str, Tuple[float, float, float]],
-                            max_distance_mm: Optional[float] = None) -> Dict[str, int]:
-    """For each level with a disc point, the axial slice whose plane is nearest it.
+def axial_slices_for_levels(candidates, disc_mm: Dict[str, Tuple[float, float, float]],
+                            max_distance_mm: Optional[float] = None) -> Dict[str, Tuple[object, int]]:
+    """For each level with a disc point, ``(series, index)`` of the axial slice nearest it.
 
-    A level is left out when even the nearest slice is farther than ``max_distance_mm``
-    (default: two slice spacings plus 2 mm), i.e. the axial stack does not cover that disc.
+    ``candidates`` is one axial series or a list of them; every slice of every stack competes,
+    so angled per-disc stacks and series covering different discs are all used. A level
+    is left out when even the nearest slice is farther than ``max_distance_mm`` (default: two of
+    that series' slice spacings plus 2 mm), i.e. no axial slice covers that disc. On equal
+    distances the earlier candidate wins.
     """
-    if max_distance_mm is None:
-        max_distance_mm = 2.0 * float(series.spacing or 4.0) + 2.0
-    out: Dict[str, int] = {}
+    if not isinstance(candidates, (list, tuple)):
+        candidates = [candidates]
+    out: Dict[str, Tuple[object, int]] = {}
     for level, point in disc_mm.items():
+        p = np.asarray(point, dtype=np.float64)
         best, best_d = None, None
-        for i, inst in enumerate(series.instances):
-            _x, _y, d = inst.geometry.patient_to_pixel(np.asarray(point, dtype=np.float64))
-            d = abs(float(np.asarray(d).reshape(-1)[0]))
-            if best_d is None or d < best_d:
-                best, best_d = i, d
-        if best is not None and best_d <= max_distance_mm:
+        for series in candidates:
+            limit = max_distance_mm if max_distance_mm is not None else 2.0 * float(series.spacing or 4.0) + 2.0
+            for i, inst in enumerate(series.instances):
+                geometry = inst.geometry
+                if geometry is None:
+                    continue
+                d = abs(float(np.asarray(geometry.patient_to_pixel(p)[2]).reshape(-1)[0]))
+                if d > limit:
+                    continue
+                if best_d is None or d < best_d:
+                    best, best_d = (series, i), d
+        if best is not None:
             out[level] = best
     return out
 
 
 def axial_findings(series, peaks_by_level: Dict[str, SlicePeaks]) -> Dict[Tuple[str, str], Reading]:
-    """Subarticular stenosis per (side, level): channel 0 is the left zone, 1 the right."""
+    """Subarticular stenosis per (side, level): channel 0 is the left zone, 1 the right.
+
+    ``series`` is the series of every level's peaks, or a mapping level -> series when the
+    levels come from several series."""
     out: Dict[Tuple[str, str], Reading] = {}
     for level, p in peaks_by_level.items():
+        s = series[level] if isinstance(series, dict) else series
         for k, side in enumerate(("left", "right")):
-            out[(side, level)] = (keypoint_of(series, p, k), tuple(float(v) for v in p.probs[k]))
+            out[(side, level)] = (keypoint_of(s, p, k), tuple(float(v) for v in p.probs[k]))
     return out
 
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from .aggregate import (AggregationConfig, SlicePeaks, axial_findings, axial_slices_for_levels, sagittal_levels,
                         shared_point_warning, shared_points)
-from .errors import InputError, LumbarEdgeError
+from .errors import DicomError, InputError, LumbarEdgeError
 from .labels import CONDITIONS, LEVELS, HeadLayout, level_title
-from .preprocess import PreprocessConfig, channel_indices, preprocess_stack
+from .preprocess import PreprocessConfig, preprocess_stack
 from .results import Finding, StudyResult
 from .select import DEFAULT_SELECTION, select_series
 
@@ -123,19 +123,29 @@ class Pipeline:
         self._ensure_active()
         return self
 
-    def _image(self, prepared: "_Prepared", series, centre: int) -> Tuple[np.ndarray, object]:
-        """The preprocessed input around slice ``centre`` (and its letterbox), decoding the
-        slices it needs once per study."""
+    def _image(self, prepared: "_Prepared", series, centre: int) -> Tuple[np.ndarray, object, object]:
+        """The preprocessed input around slice ``centre``, its letterbox and its reorientation
+        (the slices turned to the trained orientation), decoding the slices it needs once per
+        study. Raises :class:`_BadSlice` when the centre slice itself cannot be decoded; a bad
+        neighbour is replaced by the centre slice."""
         key = (series.series_uid, centre)
         hit = prepared.images.get(key)
         if hit is not None:
             return hit
         timings = prepared.timings
         t0 = time.perf_counter()
-        stack = [prepared.pixels(series, i)
-                 for i in channel_indices(len(series.instances), centre, self.preprocess.in_channels)]
+        centre_pixels = prepared.pixels(series, centre)
+        if centre_pixels is None:
+            raise _BadSlice(centre)
+        stack = []
+        for i in series.neighbour_indices(centre, self.preprocess.in_channels):
+            pixels = prepared.pixels(series, i)
+            stack.append(centre_pixels if pixels is None else pixels)
+        orient = prepared.orientation(series, centre)
         t1 = time.perf_counter()
-        hit = prepared.images[key] = preprocess_stack(stack, self.preprocess)
+        image, box = preprocess_stack(np.stack(stack) if orient.is_identity else orient.apply(np.stack(stack)),
+                                      self.preprocess)
+        hit = prepared.images[key] = (image, box, orient)
         timings["decode_pixels"] = timings.get("decode_pixels", 0.0) + (t1 - t0)
         timings["preprocess"] = timings.get("preprocess", 0.0) + (time.perf_counter() - t1)
         return hit
@@ -147,9 +157,18 @@ class Pipeline:
         c0, c1 = self.layout.channels[view]
         timings = prepared.timings
         out: List[SlicePeaks] = []
-        for start in range(0, len(centres), self.batch_size):
-            chunk = centres[start:start + self.batch_size]
-            prepped = [self._image(prepared, series, centre) for centre in chunk]
+        usable = []
+        for centre in centres:
+            try:
+                self._image(prepared, series, centre)
+            except _BadSlice:
+                continue  # left out; _Prepared.pixels put the reason in the warnings
+            usable.append(centre)
+        for start in range(0, len(usable), self.batch_size):
+            chunk = usable[start:start + self.batch_size]
+            # Each input is used once: dropping it here keeps a study's memory to one batch of
+            # inputs (a 200-slice series at 512 px would otherwise hold 600 MB of them).
+            prepped = [prepared.images.pop((series.series_uid, centre)) for centre in chunk]
             images = np.ascontiguousarray(np.stack([p[0] for p in prepped]))
             t2 = time.perf_counter()
             if heatmap_sink is not None:
@@ -161,13 +180,16 @@ class Pipeline:
                 decoded = self.engine.infer_decoded(images, self.groups)
             t3 = time.perf_counter()
             for j, centre in enumerate(chunk):
+                orient = prepped[j][2]
                 out.append(SlicePeaks(slice_index=centre, instance=series.instances[centre], letterbox=prepped[j][1],
                                       xy=np.stack([decoded.x[j, c0:c1], decoded.y[j, c0:c1]], -1).astype(np.float64),
                                       score=np.asarray(decoded.score[j, c0:c1], dtype=np.float64),
-                                      probs=np.asarray(decoded.probs[j, c0:c1], dtype=np.float64)))
+                                      probs=np.asarray(decoded.probs[j, c0:c1], dtype=np.float64),
+                                      orient=None if orient.is_identity else orient))
                 if heatmap_sink is not None:
                     heatmap_sink[centre] = raw["heatmap"][j, c0:c1]
             timings["infer"] = timings.get("infer", 0.0) + (t3 - t2)
+        prepared.release(series)
         return out
 
     #: Views whose every slice is inferred: a prefetch can prepare them before the engine runs.
@@ -192,18 +214,25 @@ class Pipeline:
                 raise StudyError(f"{study} holds {len(scan.studies)} studies; run them through `infer` on the folder")
             study = scan.studies[0]
         t0 = time.perf_counter()
-        chosen, warnings = select_series(study, self.layout.views, self.selection)
+        selection = select_series(study, self.layout.views, self.selection)
         timings["select"] = time.perf_counter() - t0
-        if not chosen:
+        if not selection.chosen:
+            reasons = "; ".join(selection.warnings)
             raise StudyError(f"study {study.study_id}: none of the needed series (sagittal T1, sagittal T2/STIR, "
-                             f"axial T2) was found")
-        prepared = _Prepared(study, chosen, warnings, timings)
+                             f"axial T2) was found" + (f" ({reasons})" if reasons else ""))
+        prepared = _Prepared(study, selection, timings)
         if prefetch:
             for view in self.FULL_SERIES_VIEWS:
-                if view in chosen:
-                    s = chosen[view]
+                if view in selection.chosen:
+                    s = selection.chosen[view]
                     for centre in range(len(s.instances)):
-                        self._image(prepared, s, centre)
+                        try:
+                            self._image(prepared, s, centre)
+                        except _BadSlice:
+                            continue
+                    # The inputs are made; the decoded slices are not needed again until the
+                    # few keypoint slices are kept for the overlays.
+                    prepared.release_pixels(s)
         return prepared
 
     def run_study(self, study) -> StudyResult:
@@ -218,7 +247,7 @@ class Pipeline:
         """The engine half of a study prepared by :meth:`prepare`: inference, decoding and
         aggregation into the 25 findings."""
         study, chosen, timings = prepared.study, prepared.chosen, prepared.timings
-        warnings = list(prepared.warnings)
+        used_series = prepared.selection.used
         readings: Dict[str, Tuple] = {}
         slices: Dict[Tuple[str, str], np.ndarray] = {}
         heatmaps: Dict[Tuple[str, str], Dict[str, np.ndarray]] = {}
@@ -227,7 +256,11 @@ class Pipeline:
             for p in peaks_used:
                 key = (series.series_uid, p.instance.sop_uid)
                 if key not in slices:
-                    slices[key] = prepared.pixels(series, p.slice_index)
+                    pixels = prepared.pixels(series, p.slice_index)
+                    if pixels is not None:
+                        # Padding (NaN) shown as the darkest value on overlays.
+                        slices[key] = np.nan_to_num(pixels, nan=float(np.nanmin(pixels)) if np.isfinite(pixels).any()
+                                                    else 0.0)
 
         # Both sagittal views are inferred before either is read: the canal is looked for near
         # the midline between the T1 foramina, and the two views' levels are chosen to agree.
@@ -251,25 +284,33 @@ class Pipeline:
         if foramina:
             used = {r[0].sop_uid for r in foramina.values()}
             keep(t1, [p for p in t1_peaks if p.instance.sop_uid in used])
+        axial_warnings = []
         if "axial_t2" in chosen:
-            s = chosen["axial_t2"]
+            candidates = used_series.get("axial_t2") or [chosen["axial_t2"]]
             disc_mm = {lv: r[0].patient_mm for lv, r in canal.items()}
             if not disc_mm:
-                warnings.append("axial levels need the discs found on a sagittal T2/STIR series; "
-                                "subarticular findings use the class prior")
+                axial_warnings.append("axial levels need the discs found on a sagittal T2/STIR series; "
+                                      "subarticular findings use the class prior")
             else:
-                level_slices = axial_slices_for_levels(s, disc_mm)
-                missing = [lv for lv in LEVELS if lv not in level_slices and lv in disc_mm]
+                level_slices = axial_slices_for_levels(candidates, disc_mm)
+                by_level, series_of_level = {}, {}
+                for s in candidates:
+                    centres = sorted({i for (ls, i) in level_slices.values() if ls is s})
+                    if not centres:
+                        continue
+                    peaks = {p.slice_index: p for p in self._infer_slices(prepared, s, centres, "axial_t2")}
+                    for lv, (ls, i) in level_slices.items():
+                        if ls is s and i in peaks:
+                            by_level[lv], series_of_level[lv] = peaks[i], s
+                    keep(s, [by_level[lv] for lv in by_level if series_of_level[lv] is s])
+                missing = [lv for lv in LEVELS if lv not in by_level and lv in disc_mm]
                 if missing:
-                    warnings.append(f"the axial series does not cover {', '.join(m.upper().replace('_', '/') for m in missing)}; "
-                                    f"those subarticular findings use the class prior")
-                centres = sorted(set(level_slices.values()))
-                peaks = ({p.slice_index: p for p in self._infer_slices(prepared, s, centres, "axial_t2")}
-                         if centres else {})
-                by_level = {lv: peaks[i] for lv, i in level_slices.items()}
-                for (side, level), r in axial_findings(s, by_level).items():
+                    what = "axial series does" if len(candidates) == 1 else f"{len(candidates)} axial series do"
+                    axial_warnings.append(f"the {what} not cover {', '.join(m.upper().replace('_', '/') for m in missing)}; "
+                                          f"those subarticular findings use the class prior")
+                for (side, level), r in axial_findings(series_of_level, by_level).items():
                     readings[f"{side}_subarticular_stenosis_{level}"] = r
-                keep(s, list(by_level.values()))
+        warnings = list(prepared.warnings) + axial_warnings
         warnings += _shared_point_warnings(canal, foramina)
         findings = []
         for condition in CONDITIONS:
@@ -280,7 +321,9 @@ class Pipeline:
                 else:
                     findings.append(Finding(condition, level, _normalised(r[1]), r[0]))
         return StudyResult(study_id=str(study.study_id), study_uid=study.study_uid, findings=findings,
-                           series_used={v: s.series_uid for v, s in chosen.items()}, warnings=warnings,
+                           series_used={v: s.series_uid for v, s in chosen.items()},
+                           series_used_all={v: [s.series_uid for s in ss] for v, ss in used_series.items() if len(ss) > 1},
+                           selection=dict(prepared.selection.reasons), warnings=warnings,
                            timings=timings, model=self.bundle.name, backend=f"{self.engine.name}/{self.engine.precision}",
                            model_sha256=self.model_sha256, slices=slices, heatmaps=heatmaps)
 
@@ -346,24 +389,63 @@ class Pipeline:
 _END = object()
 
 
+class _BadSlice(Exception):
+    """The centre slice of an input cannot be decoded (internal: the slice is left out)."""
+
+
 class _Prepared:
-    """A study after :meth:`Pipeline.prepare`: its chosen series, warnings, timings, and the
-    decoded slices and preprocessed inputs made so far (keyed by series UID and slice index)."""
+    """A study after :meth:`Pipeline.prepare`: its selection, warnings, timings, and the decoded
+    slices and preprocessed inputs made so far (keyed by series UID and slice index)."""
 
-    __slots__ = ("study", "chosen", "warnings", "timings", "images", "_pixels")
+    __slots__ = ("study", "selection", "chosen", "warnings", "timings", "images", "_pixels", "_orients")
 
-    def __init__(self, study, chosen: dict, warnings: List[str], timings: Dict[str, float]):
-        self.study, self.chosen, self.warnings, self.timings = study, chosen, warnings, timings
-        self.images: Dict[Tuple[str, int], Tuple[np.ndarray, object]] = {}
-        self._pixels: Dict[Tuple[str, int], np.ndarray] = {}
+    def __init__(self, study, selection, timings: Dict[str, float]):
+        self.study, self.selection, self.timings = study, selection, timings
+        self.chosen = selection.chosen
+        self.warnings: List[str] = list(selection.warnings)
+        self.images: Dict[Tuple[str, int], Tuple[np.ndarray, object, object]] = {}
+        self._pixels: Dict[Tuple[str, int], Optional[np.ndarray]] = {}
+        self._orients: Dict[Tuple[str, object], object] = {}
 
-    def pixels(self, series, index: int) -> np.ndarray:
-        """Slice ``index`` of ``series``, decoded once per study."""
+    def pixels(self, series, index: int) -> Optional[np.ndarray]:
+        """Slice ``index`` of ``series``, decoded once per study; None (and a warning in the
+        report) when its pixel data cannot be decoded: one bad file costs its slice, not the
+        study. A missing codec (MissingDependencyError) is not a bad file and is raised."""
         key = (series.series_uid, index)
-        arr = self._pixels.get(key)
-        if arr is None:
-            arr = self._pixels[key] = series.pixels(index)
+        if key in self._pixels:
+            return self._pixels[key]
+        try:
+            arr = series.pixels(index)
+        except DicomError as exc:
+            inst = series.instances[index]
+            self.warnings.append(f"series {series.series_number if series.series_number is not None else series.series_id} "
+                                 f"instance {inst.instance_number}: {exc}; the slice is left out")
+            arr = None
+        self._pixels[key] = arr
         return arr
+
+    def orientation(self, series, index: int):
+        """The :class:`~lumbar_edge.dicom.orient.Reorientation` of slice ``index`` to the trained
+        orientation of its series' plane (one per distinct orientation)."""
+        from .dicom.orient import reorientation_for
+
+        inst = series.instances[index]
+        key = (series.series_uid, inst.image_orientation)
+        hit = self._orients.get(key)
+        if hit is None:
+            hit = self._orients[key] = reorientation_for(inst.image_orientation, series.plane, inst.rows, inst.columns)
+        return hit
+
+    def release_pixels(self, series) -> None:
+        """Forget the decoded slices of ``series`` (bad slices stay remembered as bad)."""
+        for key in [k for k, v in self._pixels.items() if k[0] == series.series_uid and v is not None]:
+            del self._pixels[key]
+
+    def release(self, series) -> None:
+        """Forget the decoded slices and any preprocessed inputs of ``series``."""
+        self.release_pixels(series)
+        for key in [k for k in self.images if k[0] == series.series_uid]:
+            del self.images[key]
 
 
 def _shared_point_warnings(canal: Dict[str, Tuple], foramina: Dict[Tuple[str, str], Tuple]) -> List[str]:

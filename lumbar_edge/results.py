@@ -64,6 +64,11 @@ class StudyResult:
     study_uid: str
     findings: List[Finding]
     series_used: Dict[str, str] = field(default_factory=dict)  # view -> SeriesInstanceUID
+    #: Views served by several series together (axial T2 from series covering different discs):
+    #: view -> every SeriesInstanceUID used, the one in ``series_used`` first.
+    series_used_all: Dict[str, List[str]] = field(default_factory=dict)
+    #: Why a view's series was chosen where there was a choice (repeated series, several stacks).
+    selection: Dict[str, str] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)  # stage -> seconds
     model: str = ""
@@ -100,6 +105,8 @@ class StudyResult:
             "model_sha256": self.model_sha256,
             "backend": self.backend,
             "series_used": dict(self.series_used),
+            "series_used_all": {k: list(v) for k, v in self.series_used_all.items()},
+            "selection": dict(self.selection),
             "findings": [
                 {
                     "condition": f.condition,

@@ -86,6 +86,8 @@ class Instance:
     pixel_padding_range_limit: Optional[int] = None
     #: The 0-based frame of a multi-frame (Enhanced MR) file; None for a single-frame file.
     frame: Optional[int] = None
+    #: Which stack of its series the slice belongs to (0 for a series of one parallel stack).
+    stack: int = 0
     #: mm along the series normal (set when the series is sorted; None without geometry).
     position: Optional[float] = None
 
@@ -107,7 +109,8 @@ class Instance:
 
     def pixel_array(self) -> np.ndarray:
         """The image as float32 [rows, columns], rescaled to modality values (RescaleSlope and
-        RescaleIntercept applied) and with MONOCHROME1 inverted so that higher is brighter.
+        RescaleIntercept applied), MONOCHROME1 inverted so that higher is brighter, and padding
+        pixels (PixelPaddingValue) NaN.
 
         Reads the file now. Raises MissingDependencyError when its transfer syntax needs a codec
         plugin that is not installed (``lumbar-edge[codecs]``), DicomError when the file cannot
@@ -129,9 +132,15 @@ class Instance:
 class Series:
     """One series: its instances sorted along the slice normal, and what it was classified as.
 
-    ``instances`` are in ascending position along ``normal`` (ties and series without geometry:
-    by instance number); ``spacing`` is the median distance between consecutive slices (mm);
+    A series is one or more *stacks* of parallel slices: lumbar axials are often acquired as
+    several short stacks, each angled along its own disc. ``instances`` holds the stacks one
+    after another (:attr:`stacks` gives their index ranges), each in ascending position along its
+    own normal (series without geometry: by instance number); ``normal`` is the first stack's,
+    ``spacing`` the median distance between consecutive slices of a stack (mm).
     ``classified_by`` says whether the sequence tags, the description or nothing decided the kind.
+    ``warnings`` are what the report should say when the series is used (a slice left out, a
+    pixel spacing taken from ImagerPixelSpacing); ``problem`` is set when the series cannot be
+    used at all, with the reason.
     """
 
     series_uid: str
@@ -151,6 +160,40 @@ class Series:
     classified_by: str = "tags"
     rule: Optional[str] = None  # the name of the classification rule that matched
     sequence: Dict[str, object] = field(default_factory=dict)  # TR, TE, TI, ScanningSequence ...
+    warnings: List[str] = field(default_factory=list)
+    problem: Optional[str] = None
+
+    @property
+    def stacks(self) -> List[Tuple[int, int]]:
+        """``(start, end)`` index ranges of the stacks in :attr:`instances`, in order."""
+        out: List[Tuple[int, int]] = []
+        start = 0
+        for i in range(1, len(self.instances) + 1):
+            if i == len(self.instances) or self.instances[i].stack != self.instances[start].stack:
+                out.append((start, i))
+                start = i
+        return out
+
+    def stack_range(self, index: int) -> Tuple[int, int]:
+        """The ``(start, end)`` range of the stack holding sorted index ``index``; raises IndexError."""
+        if not 0 <= index < len(self.instances):
+            raise IndexError(f"slice index {index} is outside a series of {len(self.instances)} slices")
+        stack = self.instances[index].stack
+        start, end = index, index + 1
+        while start > 0 and self.instances[start - 1].stack == stack:
+            start -= 1
+        while end < len(self.instances) and self.instances[end].stack == stack:
+            end += 1
+        return start, end
+
+    def neighbour_indices(self, centre: int, count: int) -> List[int]:
+        """The ``count`` slice indices a 2.5D input stacks around ``centre``: its neighbours in its
+        own stack (a neighbour in another, differently angled stack is not the next slice),
+        repeated at the stack's ends as :func:`~lumbar_edge.preprocess.channel_indices` does."""
+        from ..preprocess import channel_indices
+
+        start, end = self.stack_range(centre)
+        return [start + i for i in channel_indices(end - start, centre - start, count)]
 
     @property
     def positions(self) -> List[Optional[float]]:
@@ -194,6 +237,7 @@ class Series:
                 "rule": self.rule, "sequence": dict(self.sequence), "slices": len(self.instances), "rows": self.rows,
                 "columns": self.columns, "pixel_spacing": list(self.pixel_spacing) if self.pixel_spacing else None,
                 "spacing_mm": self.spacing, "normal": self.normal.tolist() if self.normal is not None else None,
+                "stacks": len(self.stacks), "warnings": list(self.warnings), "problem": self.problem,
                 "instances": [inst.to_dict() for inst in self.instances]}
 
 

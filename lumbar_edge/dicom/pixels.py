@@ -84,7 +84,8 @@ def to_float(stored: np.ndarray, slope: float, intercept: float, photometric: st
 
 
 def decode_instance(instance) -> np.ndarray:
-    """Decode ``instance`` (a :class:`~lumbar_edge.dicom.Instance`) to float32 [rows, columns].
+    """Decode ``instance`` (a :class:`~lumbar_edge.dicom.Instance`) to float32 [rows, columns],
+    padding pixels (PixelPaddingValue) set to NaN.
 
     Raises MissingDependencyError when no installed plugin decodes its transfer syntax (the
     message names ``lumbar-edge[codecs]``), DicomError when the file cannot be read, its pixel
@@ -111,5 +112,25 @@ def decode_instance(instance) -> np.ndarray:
     if stored.shape != (instance.rows, instance.columns):
         raise DicomError(f"{path}: decoded image is {'x'.join(map(str, stored.shape))}, "
                          f"the header says {instance.rows}x{instance.columns}")
-    return to_float(stored, float(instance.rescale_slope), float(instance.rescale_intercept),
-                    instance.photometric, instance.bits_stored, instance.pixel_representation)
+    out = to_float(stored, float(instance.rescale_slope), float(instance.rescale_intercept),
+                   instance.photometric, instance.bits_stored, instance.pixel_representation)
+    padding = padding_mask(stored, getattr(instance, "pixel_padding_value", None),
+                           getattr(instance, "pixel_padding_range_limit", None))
+    if padding is not None:
+        out[padding] = np.nan
+    return out
+
+
+def padding_mask(stored: np.ndarray, value: Optional[int], range_limit: Optional[int] = None) -> Optional[np.ndarray]:
+    """Where the stored pixels are padding (PixelPaddingValue, or the range between it and
+    PixelPaddingRangeLimit, both included: PS3.3 C.7.5.1.1.2); None when nothing is padding.
+
+    Padding is background the scanner filled in (outside a circular field of view, say), often
+    with an extreme value: left in, it would take over the intensity window, so decoding marks
+    it NaN, which the windowing leaves out and paints as background.
+    """
+    if value is None:
+        return None
+    lo, hi = (value, value) if range_limit is None else (min(value, range_limit), max(value, range_limit))
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None

@@ -229,7 +229,7 @@ def build_studies(records: Iterable[HeaderRecord], rules: Optional[Sequence[Clas
     for study_uid, series_map in grouped.items():
         series_records = {uid: _keep_majority_size(recs, skipped) for uid, recs in series_map.items()}
         study_id, series_ids = _rsna_ids(study_uid, series_records)
-        series = [_build_series(recs, series_ids[uid], rules) for uid, recs in series_records.items()]
+        series = [_build_series(recs, series_ids[uid], rules, skipped) for uid, recs in series_records.items()]
         series.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.series_id))
         first = next(iter(series_records.values()))[0]
         studies.append(Study(study_uid=study_uid, study_id=study_id, series=series, patient_id=first.patient_id,
@@ -294,47 +294,124 @@ def _normal(orientation: Optional[Tuple[float, ...]]) -> Optional[Tuple[float, f
         return None
 
 
-def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequence[ClassificationRule]]) -> Series:
+#: Slices whose normals differ by more than this belong to different stacks of their series.
+STACK_ANGLE_DEG = 2.0
+#: A gap of more than this many typical slice steps between parallel slices starts a new stack.
+STACK_GAP_STEPS = 2.5
+
+
+def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequence[ClassificationRule]],
+                  skipped: Optional[List[SkippedFile]] = None) -> Series:
+    skipped = [] if skipped is None else skipped
+    warnings: List[str] = []
+    problem = None
+    normals = {o: _normal(o) for o in {r.orientation for r in recs}}
+    located = [r for r in recs if r.position is not None and normals[r.orientation] is not None]
+    if located and len(located) < len(recs):
+        # One slice without ImagePositionPatient (or a usable orientation) must not cost the
+        # whole series its geometry: it is left out, and said so.
+        for r in recs:
+            if r.position is None or normals[r.orientation] is None:
+                what = "ImagePositionPatient" if r.position is None else "a usable ImageOrientationPatient"
+                skipped.append(SkippedFile(Path(r.path), f"slice has no {what}; its series is used without it",
+                                           "no_geometry"))
+        warnings.append(f"{len(recs) - len(located)} slice(s) without ImagePositionPatient or "
+                        f"ImageOrientationPatient were left out of the series")
+        recs = located
+    spacing_of = {}
+    if any(r.pixel_spacing is not None for r in recs):
+        spacing_of = {r.path: r.pixel_spacing for r in recs}
+    elif any(r.imager_pixel_spacing is not None for r in recs):
+        spacing_of = {r.path: r.imager_pixel_spacing for r in recs}
+        warnings.append("no PixelSpacing: ImagerPixelSpacing is used for the pixel size, so distances in mm "
+                        "may be off by the detector's magnification")
+    elif located:
+        problem = ("no PixelSpacing or ImagerPixelSpacing: the pixel size in mm is unknown, so keypoints "
+                   "cannot be placed in patient space")
     instances = [Instance(
         file=r.path, sop_uid=r.sop_uid, instance_number=r.instance_number if r.instance_number is not None else 0,
         rows=r.rows, columns=r.columns, image_position=r.position, image_orientation=r.orientation,
-        pixel_spacing=r.pixel_spacing, photometric=r.photometric, rescale_slope=r.rescale_slope,
+        pixel_spacing=spacing_of.get(r.path), photometric=r.photometric, rescale_slope=r.rescale_slope,
         rescale_intercept=r.rescale_intercept, transfer_syntax_uid=r.transfer_syntax_uid, bits_stored=r.bits_stored,
         pixel_representation=r.pixel_representation, pixel_padding_value=r.pixel_padding_value,
         pixel_padding_range_limit=r.pixel_padding_range_limit, frame=r.frame) for r in recs]
-    # Slices are usually written with one identical orientation: compute each distinct one once.
-    normals = {o: _normal(o) for o in {r.orientation for r in recs}}
     normal = None
-    if all(n is not None for n in normals.values()) and all(r.position is not None for r in recs):
-        ref = next(iter(normals.values()))
-        if all(abs(sum(a * b for a, b in zip(ref, n))) >= math.cos(math.radians(5.0)) for n in normals.values()):
-            normal = ref
-            plane = plane_of_normal(normal)
+    spacing = None
+    if located and len(located) == len(recs):
+        groups = _orientation_groups([normals[r.orientation] for r in recs])
+        planes = {plane_of_normal(n) for n, _members in groups}
+        plane = planes.pop() if len(planes) == 1 else Plane.MIXED
+        if plane is not Plane.MIXED:
+            stacks = []
+            for n, members in groups:
+                nx, ny, nz = n
+                for i in members:
+                    x, y, z = instances[i].image_position
+                    instances[i].position = x * nx + y * ny + z * nz
+                members = sorted((instances[i] for i in members), key=lambda i: (i.position, i.instance_number, i.sop_uid))
+                stacks.extend((n, part) for part in _split_at_gaps(members))
+            # Stacks in order along the series' mean normal (head to foot for axials, as scanners
+            # number them), each sorted along its own normal.
+            mean = np.mean([n for n, _ in stacks], axis=0)
+            stacks.sort(key=lambda st: float(np.mean([i.image_position for i in st[1]], axis=0) @ mean))
+            instances = []
+            steps = []
+            for k, (_n, members) in enumerate(stacks):
+                for inst in members:
+                    inst.stack = k
+                instances.extend(members)
+                step = slice_spacing([i.position for i in members])
+                if step is not None:
+                    steps.extend([step] * (len(members) - 1))
+            normal = stacks[0][0]
+            spacing = float(np.median(steps)) if steps else None
         else:
-            plane = Plane.MIXED
+            instances.sort(key=lambda i: (i.instance_number, i.sop_uid))
     else:
         plane = Plane.UNKNOWN
-    if normal is not None:
-        nx, ny, nz = normal
-        for inst in instances:
-            x, y, z = inst.image_position
-            inst.position = x * nx + y * ny + z * nz
-        instances.sort(key=lambda i: (i.position, i.instance_number, i.sop_uid))
-        spacing = slice_spacing([inst.position for inst in instances])
-    else:
         instances.sort(key=lambda i: (i.instance_number, i.sop_uid))
-        spacing = None
     first = recs[0]
     if spacing is None:
         spacing = first.spacing_between_slices or first.slice_thickness
     seq = _series_sequence(recs)
     result = classify_series(plane, seq, rules)
+    pixel_spacing = spacing_of.get(first.path)
     return Series(series_uid=first.series_uid, series_id=series_id, series_number=first.series_number,
                   description=first.series_description, kind=result.kind, plane=plane, weighting=result.weighting,
                   instances=instances, spacing=spacing, rows=first.rows, columns=first.columns,
-                  pixel_spacing=tuple(first.pixel_spacing) if first.pixel_spacing else None,
+                  pixel_spacing=tuple(pixel_spacing) if pixel_spacing else None,
                   normal=None if normal is None else np.array(normal), modality=first.modality,
-                  classified_by=result.basis, rule=result.rule, sequence=seq.to_dict())
+                  classified_by=result.basis, rule=result.rule, sequence=seq.to_dict(), warnings=warnings,
+                  problem=problem)
+
+
+def _orientation_groups(normals: List[Tuple[float, float, float]]) -> List[Tuple[Tuple[float, float, float], List[int]]]:
+    """Indices grouped by slice normal: each group's members lie within :data:`STACK_ANGLE_DEG`
+    of its first normal (antiparallel normals are one orientation, positions along the first)."""
+    cos_tol = math.cos(math.radians(STACK_ANGLE_DEG))
+    groups: List[Tuple[Tuple[float, float, float], List[int]]] = []
+    for i, n in enumerate(normals):
+        for ref, members in groups:
+            if abs(ref[0] * n[0] + ref[1] * n[1] + ref[2] * n[2]) >= cos_tol:
+                members.append(i)
+                break
+        else:
+            groups.append((n, [i]))
+    return groups
+
+
+def _split_at_gaps(members: List[Instance]) -> List[List[Instance]]:
+    """Parallel slices sorted by position, cut where a gap is wider than :data:`STACK_GAP_STEPS`
+    typical steps (two parallel stacks at different discs are two stacks)."""
+    step = slice_spacing([i.position for i in members])
+    if step is None:
+        return [members]
+    parts = [[members[0]]]
+    for prev, inst in zip(members, members[1:]):
+        if inst.position - prev.position > STACK_GAP_STEPS * step:
+            parts.append([])
+        parts[-1].append(inst)
+    return parts
 
 
 _SEQUENCE_FIELDS = operator.attrgetter(

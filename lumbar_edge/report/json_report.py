@@ -62,7 +62,9 @@ def result_from_report(doc: dict) -> StudyResult:
                                     (float(probs["normal_mild"]), float(probs["moderate"]), float(probs["severe"])),
                                     keypoint, source=str(f["source"])))
         return StudyResult(study_id=str(doc["study_id"]), study_uid=str(doc["study_uid"]), findings=findings,
-                           series_used=dict(doc.get("series_used") or {}), warnings=list(doc.get("warnings") or []),
+                           series_used=dict(doc.get("series_used") or {}),
+                           series_used_all={k: list(v) for k, v in (doc.get("series_used_all") or {}).items()},
+                           selection=dict(doc.get("selection") or {}), warnings=list(doc.get("warnings") or []),
                            timings=dict(doc.get("timings_s") or {}), model=str(doc.get("model", "")),
                            backend=str(doc.get("backend", "")), model_sha256=str(doc.get("model_sha256", "")))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

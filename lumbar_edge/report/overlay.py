@@ -295,6 +295,8 @@ def overlay_images(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndar
     overlay. Raises :class:`InputError` for unusable pixels.
     """
     view_of = {uid: view for view, uid in result.series_used.items()}
+    for view, uids in result.series_used_all.items():
+        view_of.update({uid: view for uid in uids})
     groups: Dict[Tuple[str, str], List[Finding]] = {}
     for f in result.findings:
         if f.keypoint is not None:
