@@ -344,14 +344,15 @@ def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequ
         if plane is not Plane.MIXED:
             stacks = []
             for n, members in groups:
+                n = _trained_sign(n, plane)
                 nx, ny, nz = n
                 for i in members:
                     x, y, z = instances[i].image_position
                     instances[i].position = x * nx + y * ny + z * nz
                 members = sorted((instances[i] for i in members), key=lambda i: (i.position, i.instance_number, i.sop_uid))
                 stacks.extend((n, part) for part in _split_at_gaps(members))
-            # Stacks in order along the series' mean normal (head to foot for axials, as scanners
-            # number them), each sorted along its own normal.
+            # Stacks in order along the series' mean normal, as the slices within each are along
+            # their own (for axials: from the feet to the head).
             mean = np.mean([n for n, _ in stacks], axis=0)
             stacks.sort(key=lambda st: float(np.mean([i.image_position for i in st[1]], axis=0) @ mean))
             instances = []
@@ -383,6 +384,19 @@ def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequ
                   normal=None if normal is None else np.array(normal), modality=first.modality,
                   classified_by=result.basis, rule=result.rule, sequence=seq.to_dict(), warnings=warnings,
                   problem=problem)
+
+
+def _trained_sign(normal: Tuple[float, float, float], plane: Plane) -> Tuple[float, float, float]:
+    """``normal`` or its opposite, whichever points the way the trained orientation's normal
+    does: slices are sorted along it, so a series stored mirrored (which reverses its own
+    normal) still gives the model its neighbours in the order it was trained on."""
+    from .orient import TRAINED_ORIENTATION
+
+    trained = TRAINED_ORIENTATION.get(plane)
+    if trained is None:
+        return normal
+    t = np.cross(trained[0], trained[1])
+    return normal if float(np.dot(normal, t)) >= 0 else (-normal[0], -normal[1], -normal[2])
 
 
 def _orientation_groups(normals: List[Tuple[float, float, float]]) -> List[Tuple[Tuple[float, float, float], List[int]]]:

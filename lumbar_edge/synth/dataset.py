@@ -83,8 +83,8 @@ def _render_and_write(job: Tuple[int, int, SynthOptions, Tuple[int, Tuple[int, i
         "study_id": plan.study_id,
         "train_row": plan.train_row(),
         "coordinates": plan.coordinate_rows(),
-        "descriptions": [{"study_id": str(plan.study_id), "series_id": str(s.series_id),
-                          "series_description": s.description} for s in plan.series],
+        "descriptions": [{"study_id": str(plan.study_id), "series_id": str(sid), "series_description": desc}
+                         for sid, desc in {s.series_id: s.description for s in plan.series}.items()],
         "truth": plan.truth(),
         "files": files,
         "bytes": size,

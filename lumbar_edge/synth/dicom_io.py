@@ -21,6 +21,7 @@ from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, PYDICOM_ROOT_UID, ExplicitV
                          generate_uid)
 
 from .plan import SeriesPlan, StudyPlan
+from .variants import OPTIONAL_TAGS
 
 #: UIDs are made under pydicom's registered root (with deterministic entropy per object).
 UID_ROOT = PYDICOM_ROOT_UID
@@ -49,7 +50,9 @@ def _window(pixels: np.ndarray) -> Tuple[str, str]:
 
 
 def instance_datasets(plan: StudyPlan, series: SeriesPlan, pixels: np.ndarray) -> Iterator[Tuple[int, Dataset]]:
-    """``(instance_number, dataset)`` for each slice of ``series``; ``pixels`` (n, rows, cols) uint16."""
+    """``(instance_number, dataset)`` for each slice of ``series`` (one stack of it: the slices
+    are numbered from ``series.first_instance``); ``pixels`` (n, rows, cols) uint16, the stack's.
+    The study's variant decides PatientPosition and whether the optional tags are written."""
     g = series.geometry
     study_uid = uid(plan.seed, plan.study_id, "study")
     series_uid = uid(plan.seed, plan.study_id, series.series_id, "series")
@@ -58,8 +61,9 @@ def instance_datasets(plan: StudyPlan, series: SeriesPlan, pixels: np.ndarray) -
     normal = g.normal
     timing = series.timing
     bits = series.acquisition.bits_stored
+    variant = plan.variant
     for k in range(g.n_slices):
-        number = k + 1
+        number = series.first_instance + k
         sop = uid(plan.seed, plan.study_id, series.series_id, number)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
@@ -114,7 +118,7 @@ def instance_datasets(plan: StudyPlan, series: SeriesPlan, pixels: np.ndarray) -
         ds.AcquisitionMatrix = [0, g.cols, g.rows, 0]
         ds.InPlanePhaseEncodingDirection = "ROW" if series.kind == "axial_t2" else "COL"
         ds.FlipAngle = _ds(timing["FlipAngle"])
-        ds.PatientPosition = "HFS"
+        ds.PatientPosition = variant.patient_position
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.StudyID = str(plan.study_id)
@@ -138,6 +142,9 @@ def instance_datasets(plan: StudyPlan, series: SeriesPlan, pixels: np.ndarray) -
         ds.WindowCenter = centre
         ds.WindowWidth = width
         ds.PixelData = np.ascontiguousarray(pixels[k], dtype="<u2").tobytes()
+        if variant.drop_optional_tags:
+            for keyword in OPTIONAL_TAGS:
+                delattr(ds, keyword)
         yield number, ds
 
 
@@ -166,7 +173,11 @@ def write_study(plan: StudyPlan, images: dict, images_root: Path) -> Tuple[int, 
     for series in plan.series:
         folder = Path(images_root) / str(plan.study_id) / str(series.series_id)
         folder.mkdir(parents=True, exist_ok=True)
-        for number, ds in instance_datasets(plan, series, images[series.series_id]):
+        # images[series_id] holds every stack of the series in instance order.
+        first = min(s.first_instance for s in plan.series if s.series_id == series.series_id)
+        start = series.first_instance - first
+        pixels = images[series.series_id][start:start + series.geometry.n_slices]
+        for number, ds in instance_datasets(plan, series, pixels):
             data = encode(ds)
             write_atomic(folder / f"{number}.dcm", data)
             files += 1

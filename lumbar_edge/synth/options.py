@@ -44,6 +44,17 @@ class SynthOptions:
     partly_unlabelled_fraction: float = 0.04
     noise: FloatRange = (0.025, 0.05)
     bits_stored: int = 12
+    #: Real-scanner variants (:mod:`lumbar_edge.synth.variants`), the same for every study, or
+    #: drawn per study when ``realistic``: ``axial_layout`` single (one parallel stack), stacks
+    #: (one stack angled along each disc, in one series) or split (two series over the upper and
+    #: lower discs); ``repeat_sagittal`` an earlier, partly stopped or full, sagittal T2 besides
+    #: the one to use; ``patient_position`` HFS, FFS, HFP or FFP (how slices are stored);
+    #: ``drop_optional_tags`` no SpacingBetweenSlices, SliceThickness, SeriesDescription ...
+    axial_layout: str = "single"
+    repeat_sagittal: bool = False
+    patient_position: str = "HFS"
+    drop_optional_tags: bool = False
+    realistic: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,6 +89,9 @@ class SynthOptions:
             raise InputError(f"severity_prior must be three positive shares summing to 1, got {prior!r}")
         if self.bits_stored not in (12, 16):
             raise InputError(f"bits_stored must be 12 or 16, got {self.bits_stored!r}")
+        from .variants import Variant
+
+        Variant(self.axial_layout, bool(self.repeat_sagittal), self.patient_position, bool(self.drop_optional_tags))
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "SynthOptions":

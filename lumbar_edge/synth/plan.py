@@ -18,6 +18,8 @@ from .anatomy import Anatomy, build_anatomy, rotation
 from .options import SynthOptions
 from .render import Acquisition, SeriesGeometry
 from .severity import sample_grades, sample_narrowing, sample_unlabelled
+from .variants import (Variant, disc_stack_dirs, extra_series_ids, flip_geometry, split_ranges, storage_flips,
+                       variant_for)
 
 _ID_LOW, _ID_HIGH = 1_000_000, 4_294_967_295
 
@@ -40,7 +42,7 @@ def _entropy(seed: int, index: int, stream: int) -> List[int]:
 
 def study_rng(seed: int, index: int, stream: int) -> np.random.Generator:
     """The random stream ``stream`` of study ``index`` (0 ids, 1 grades, 2 anatomy, 3 protocol,
-    4 noise)."""
+    4 noise, 5 patient, 6 variant)."""
     return np.random.default_rng(np.random.SeedSequence(_entropy(seed, index, stream)))
 
 
@@ -79,6 +81,12 @@ class SeriesPlan:
     acquisition: Acquisition
     timing: Dict[str, object]
     series_time: str
+    #: InstanceNumber of the first slice: a series of several stacks is several plans sharing
+    #: series_id, numbered on from one stack to the next.
+    first_instance: int = 1
+    #: False for a series the labels are not placed on (the stopped or earlier repeat of a
+    #: sagittal T2): labels go on the series a reader would use.
+    labelled: bool = True
 
     @property
     def description(self) -> str:
@@ -122,10 +130,12 @@ class StudyPlan:
     grades: Dict[Tuple[str, str], int]
     narrowing: Dict[Tuple[str, str], float]
     labels: Tuple[LabelPoint, ...]
+    variant: Variant = Variant()
 
     def series_of(self, kind: str) -> SeriesPlan:
+        """The (first) labelled series plan of ``kind``; raises KeyError."""
         for s in self.series:
-            if s.kind == kind:
+            if s.kind == kind and s.labelled:
                 return s
         raise KeyError(kind)
 
@@ -151,12 +161,16 @@ class StudyPlan:
 
     def truth(self) -> Dict[str, object]:
         """Ground truth for ``synth_truth.json``: 3D points (mm), grades, narrowing, sizes."""
+        n_slices: Dict[int, int] = {}
+        for s in self.series:
+            n_slices[s.series_id] = n_slices.get(s.series_id, 0) + s.geometry.n_slices
         return {
             "study_id": self.study_id,
             "index": self.index,
             "series": {s.kind: {"series_id": s.series_id, "sequence": s.sequence,
-                                "n_slices": s.geometry.n_slices, "rows": s.geometry.rows,
-                                "cols": s.geometry.cols} for s in self.series},
+                                "n_slices": n_slices[s.series_id], "rows": s.geometry.rows,
+                                "cols": s.geometry.cols} for s in reversed(self.series) if s.labelled},
+            "variant": self.variant.to_dict(),
             "keypoints": [{"condition": lab.condition, "level": lab.level, "severity": lab.severity,
                            "labelled": lab.labelled, "narrowing": round(self.narrowing[(lab.condition, lab.level)], 4),
                            "xyz_mm": [round(v, 4) for v in lab.patient], "series_id": lab.series_id,
@@ -339,16 +353,27 @@ def plan_study(seed: int, index: int, options: Optional[SynthOptions] = None,
         series.append(SeriesPlan(kind, series_id, numbers[kind], sequence, desc, geometry, acq, timing,
                                  f"{hour + minute // 60:02d}{minute % 60:02d}{int(rng.integers(0, 60)):02d}"))
 
-    by_kind = {s.kind: s for s in series}
+    vrng = study_rng(seed, index, 6)
+    variant = variant_for(options, vrng)
+    if not variant.is_plain:
+        series = _apply_variant(variant, series, vrng, disc_pts, kp, sc)
+
     labels = []
     for c in CONDITIONS:
         for lv in LEVELS:
-            s = by_kind[CONDITION_SERIES[c]]
             p = kp[(c, lv)]
-            k = s.geometry.nearest_slice(p)
-            x, y, dist = s.geometry.project(p, k)
+            # The label goes on the slice nearest the point among every labelled plan of the
+            # condition's kind (several for axial stacks or split series).
+            best = None
+            for s in series:
+                if s.kind == CONDITION_SERIES[c] and s.labelled:
+                    k = s.geometry.nearest_slice(p)
+                    x, y, dist = s.geometry.project(p, k)
+                    if best is None or abs(dist) < abs(best[4]):
+                        best = (s, k, x, y, dist)
+            s, k, x, y, dist = best
             labels.append(LabelPoint(c, lv, grades[(c, lv)], (c, lv) not in unlabelled,
-                                     tuple(float(v) for v in p), s.series_id, k + 1, x, y, dist))
+                                     tuple(float(v) for v in p), s.series_id, s.first_instance + k, x, y, dist))
 
     prng = study_rng(seed, index, 5)
     study_day = date(2019, 1, 1) + timedelta(days=int(prng.integers(0, 5 * 365)))
@@ -359,4 +384,64 @@ def plan_study(seed: int, index: int, options: Optional[SynthOptions] = None,
                "PatientAge": f"{age:03d}Y", "PatientWeight": f"{float(prng.uniform(50, 110)):.1f}",
                "PatientSize": f"{float(prng.uniform(1.55, 1.95)):.2f}"}
     return StudyPlan(seed, index, study_id, patient, study_day.strftime("%Y%m%d"), f"{hour:02d}{0:02d}00",
-                     field_strength, tuple(series), anatomy, grades, narrowing, tuple(labels))
+                     field_strength, tuple(series), anatomy, grades, narrowing, tuple(labels), variant)
+
+
+def _apply_variant(variant: Variant, series: List[SeriesPlan], rng: np.random.Generator,
+                   disc_pts: Sequence[np.ndarray], kp: Dict[Tuple[str, str], np.ndarray], sc: float) -> List[SeriesPlan]:
+    """The plain study's series plans changed as ``variant`` says (see :mod:`.variants`). New
+    plans go after the plain ones, so the plain series render with the plain noise draws."""
+    import dataclasses
+
+    out = list(series)
+    extra: List[SeriesPlan] = []
+    numbers = [s.series_number for s in out]
+    new_ids = iter(extra_series_ids(rng, [s.series_id for s in out], 4, _ID_LOW, _ID_HIGH))
+    ax_i = next(i for i, s in enumerate(out) if s.kind == "axial_t2")
+    ax = out[ax_i]
+    g = ax.geometry
+    if variant.axial_layout == "split":
+        parts = []
+        for j, (a, b) in enumerate(split_ranges(g.n_slices)):
+            geometry = dataclasses.replace(g, positions=g.positions[a:b])
+            parts.append(dataclasses.replace(ax, geometry=geometry, series_id=ax.series_id if j == 0 else next(new_ids),
+                                             series_number=ax.series_number if j == 0 else max(numbers) + 1))
+        out[ax_i:ax_i + 1] = parts
+    elif variant.axial_layout == "stacks":
+        stacks, first = [], 1
+        matrix, pixel, fov = g.rows, g.spacing[0], g.rows * g.spacing[0]
+        for k, lv in enumerate(LEVELS):
+            row, col, normal = disc_stack_dirs(disc_pts, k)
+            row, col = np.asarray(_clean_dir(row)), np.asarray(_clean_dir(col))
+            n = int(rng.integers(3, 6))
+            step = round(float(rng.uniform(4.2, 5.0)), 3)
+            subs = [kp[(c, lv)] for c in CONDITIONS if "subarticular" in c]
+            disc = np.asarray(disc_pts[k], dtype=np.float64)
+            base = kp[("spinal_canal_stenosis", lv)] - 12.0 * sc * col
+            base = base - float((base - disc) @ normal) * normal  # in the disc's plane
+            centre = _fit_centre(base + rng.normal(0.0, 3.0) * row + rng.normal(0.0, 3.0) * col, row, col, fov,
+                                 [p - float((p - disc) @ normal) * normal for p in subs], 0.1 * fov)
+            positions = _stack(centre, row, col, -normal, n, step, matrix, pixel)
+            geometry = SeriesGeometry(rows=matrix, cols=matrix, spacing=g.spacing, row_dir=_clean_dir(row),
+                                      col_dir=_clean_dir(col), positions=positions, thickness=g.thickness,
+                                      slice_spacing=step)
+            stacks.append(dataclasses.replace(ax, geometry=geometry, first_instance=first))
+            first += n
+        out[ax_i:ax_i + 1] = stacks
+    if variant.repeat_sagittal:
+        t2_i = next(i for i, s in enumerate(out) if s.kind == "sagittal_t2")
+        t2 = out[t2_i]
+        gt = t2.geometry
+        # The earlier attempt: stopped part-way (covering less of the spine) or complete (the
+        # later series then decides); the plain series becomes the later repeat.
+        stopped = bool(rng.random() < 0.5)
+        m = max(3, int(round(gt.n_slices * float(rng.uniform(0.55, 0.75))))) if stopped else gt.n_slices
+        earlier = dataclasses.replace(t2, geometry=dataclasses.replace(gt, positions=gt.positions[:m]),
+                                      series_id=next(new_ids), labelled=False)
+        out[t2_i] = dataclasses.replace(t2, series_number=max(numbers + [s.series_number for s in out]) + 1)
+        extra.append(earlier)
+    out = out + extra
+    if variant.patient_position != "HFS":
+        out = [dataclasses.replace(s, geometry=flip_geometry(s.geometry, *storage_flips(variant.patient_position, s.kind)))
+               for s in out]
+    return out

@@ -37,5 +37,12 @@ def render_study(seed: int, index: int, options: Optional[SynthOptions] = None,
     """
     plan = plan_study(seed, index, options, ids)
     rng = study_rng(seed, index, 4)
-    images = {s.series_id: render_series(plan.anatomy, s.geometry, s.acquisition, rng) for s in plan.series}
+    # In plan order (the plain series first, so they get the plain noise draws); the stacks of
+    # one series are joined in instance order.
+    parts: Dict[int, list] = {}
+    for s in plan.series:
+        parts.setdefault(s.series_id, []).append((s.first_instance, render_series(plan.anatomy, s.geometry,
+                                                                                 s.acquisition, rng)))
+    images = {sid: (p[0][1] if len(p) == 1 else np.concatenate([a for _, a in sorted(p, key=lambda t: t[0])]))
+              for sid, p in parts.items()}
     return RenderedStudy(plan, images)
