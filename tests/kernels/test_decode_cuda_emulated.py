@@ -428,23 +428,6 @@ def test_decode_into_a_caller_owned_buffer(gpu, decoder):
 
 # -- where the module comes from: the packaged fatbin, else nvcc, else a clear error ----------------
 
-@pytest.fixture(scope="session")
-def fatbin_folder(tmp_path_factory):
-    """A folder with decode.fatbin + manifest built from the installed sources by the real nvcc:
-    the package's own when it is current (CI builds it), else one built here."""
-    from lumbar_edge.kernels import build
-
-    if build.is_current():
-        return build.kernel_dir()
-    import shutil
-
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc not found on PATH and no packaged decode.fatbin: cannot build one")
-    folder = tmp_path_factory.mktemp("fatbin")
-    build.build(folder)
-    return folder
-
-
 @pytest.mark.parametrize("cc, expect", [((8, 7), "SASS sm_87"), ((8, 8), "SASS sm_87 (binary compatible"),
                                         ((11, 0), "PTX compute_75"), ((12, 1), "SASS sm_120 (binary compatible")])
 def test_the_packaged_fatbin_is_loaded_when_it_has_an_image_for_the_gpu(gpu, fatbin_folder, cc, expect):
