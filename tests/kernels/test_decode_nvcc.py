@@ -12,9 +12,8 @@ import subprocess
 import pytest
 
 from lumbar_edge.decode_cuda import KERNEL_NAMES, kernel_dir, nvcc_resource_command
-from lumbar_edge.kernels.build import parse_ptxas
+from lumbar_edge.kernels.build import TARGET_SASS, parse_ptxas, read_manifest
 
-from lumbar_edge.kernels.build import TARGET_SASS, read_manifest
 
 def test_parse_ptxas_reads_the_report_format():
     report = """ptxas info    : Compiling entry function 'decode_peaks_f16' for 'sm_87'
