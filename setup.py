@@ -4,7 +4,44 @@
 installed under the ``lumbar_edge`` namespace (``lumbar_edge.training`` ...) so that no package
 called ``training`` or ``export`` lands in site-packages.
 """
+import os
+import shutil
+import sys
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithKernel(build_py):
+    """build_py, then the decode kernel's fatbin (lumbar_edge.kernels.build) into the package
+    where nvcc is present: into the build folder, or the source folder for ``pip install -e``.
+    An up-to-date fatbin in the source folder (CI builds it first) is copied, not rebuilt.
+    Without nvcc the package ships without it and the decoder compiles the source at run time."""
+
+    def run(self):
+        super().run()
+        here = os.path.dirname(os.path.abspath(__file__))
+        sys.path.insert(0, here)
+        try:
+            from lumbar_edge.kernels import build as kernel_build
+        finally:
+            sys.path.remove(here)
+        source = kernel_build.kernel_dir()
+        target = source if getattr(self, "editable_mode", False) else os.path.join(self.build_lib, "lumbar_edge", "kernels")
+        if kernel_build.is_current(source):
+            if os.path.abspath(target) != str(source):
+                for name in (kernel_build.FATBIN_NAME, kernel_build.MANIFEST_NAME):
+                    shutil.copyfile(source / name, os.path.join(target, name))
+            print(f"decode kernel: {kernel_build.FATBIN_NAME} is current")
+            return
+        if shutil.which("nvcc") is None:
+            print("decode kernel: nvcc is not on PATH, so no decode.fatbin is packaged "
+                  "(the CUDA decoder will compile decode.cu at run time where nvcc exists)")
+            return
+        manifest = kernel_build.build(target)
+        print(f"decode kernel: built {kernel_build.FATBIN_NAME} (SASS {', '.join(manifest['sass'])}; "
+              f"PTX {', '.join(manifest['ptx'])}; not built: {', '.join(manifest['not_built']) or 'none'})")
+
 
 EXTRAS = {
     "train": ["torch>=2.4", "tqdm>=4.60"],
@@ -36,7 +73,9 @@ setup(
         "lumbar_edge.export": "export",
         "lumbar_edge.benchmarks": "benchmarks",
     },
+    # decode.fatbin and decode.fatbin.json are written by BuildPyWithKernel where nvcc exists.
     package_data={"lumbar_edge": ["kernels/*.cu", "kernels/*.cuh", "kernels/*.cpp"]},
+    cmdclass={"build_py": BuildPyWithKernel},
     install_requires=["numpy>=1.24", "pydicom>=2.4", "click>=8.0", "onnxruntime>=1.17"],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["lumbar-edge=lumbar_edge.cli:main"]},

@@ -51,7 +51,6 @@ def _grades(result) -> List[int]:
 
 def contenders(bundle_path: Path, batch: int, threads: Optional[int]) -> Dict[str, Dict[str, object]]:
     """``{name: {"label", "run" (study -> StudyResult) | "na" (reason), "close"}}``."""
-    from lumbar_edge.backends import select_backend
     from lumbar_edge.backends.openvino import OpenVinoEngine
     from lumbar_edge.backends.ort import OrtEngine
     from lumbar_edge.bundle import Bundle
@@ -79,8 +78,10 @@ def contenders(bundle_path: Path, batch: int, threads: Optional[int]) -> Dict[st
             out[name] = {"label": f"lumbar-edge, {runtime} {precision} ({where})", "run": pipe.run_study,
                          "close": pipe.close}
     try:
-        backend, why = select_backend("auto", ("tensorrt", "torch"))
-        pipe = Pipeline.load(bundle_path, backend=backend, batch_size=batch)
+        # auto over the GPU backends: one that cannot run this bundle (no TensorRT engine for this
+        # GPU, e.g. a random-weights bundle) is passed over for the next.
+        pipe = Pipeline.load(bundle_path, backend="auto", available_order=("tensorrt", "torch"), batch_size=batch)
+        why = pipe.backend_reason
         out["lumbar-edge gpu"] = {"label": f"lumbar-edge, {pipe.engine.name} {pipe.engine.precision} ({why})",
                                   "run": pipe.run_study, "close": pipe.close}
     except LumbarEdgeError as exc:

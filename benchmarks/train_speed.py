@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     reason = skip_reason(args.preset)
     if reason:
         print(f"train_speed: skipped: {reason}")
+        write_json(args.json, {"preset": args.preset, "skipped": reason})
         return 0
     rows = run(args.preset, args.steps, args.studies)
     print(f"{'step':<52}{'ms/step':>10}{'img/s':>8}{'epoch s':>9}{'training min':>14}")

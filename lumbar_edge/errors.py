@@ -21,11 +21,12 @@ class DicomError(LumbarEdgeError):
 class MissingDependencyError(LumbarEdgeError):
     """An optional package is needed; the message names the extra that installs it."""
 
-    def __init__(self, what: str, packages: "list[str] | tuple[str, ...]", extra: str):
+    def __init__(self, what: str, packages: "list[str] | tuple[str, ...]", extra: str, how: "str | None" = None):
+        # ``how`` replaces the pip hint for what pip cannot install (a CUDA toolkit's nvcc).
         self.what = what
         self.packages = tuple(packages)
         self.extra = extra
         super().__init__(
-            f"{what} needs {', '.join(self.packages)}: install it with "
-            f"`pip install 'lumbar-edge[{extra}]'`"
+            f"{what} needs {', '.join(self.packages)}: "
+            + (how if how is not None else f"install it with `pip install 'lumbar-edge[{extra}]'`")
         )

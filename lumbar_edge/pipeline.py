@@ -57,19 +57,23 @@ class Pipeline:
         self._active = False
 
     @classmethod
-    def load(cls, bundle_path, backend: str = "auto", precision: Optional[str] = None, **kwargs) -> "Pipeline":
+    def load(cls, bundle_path, backend: str = "auto", precision: Optional[str] = None, *,
+             available_order: Optional[Sequence[str]] = None, **kwargs) -> "Pipeline":
         """Open a bundle and an activated engine for it. ``backend`` is ``auto`` or a backend name;
         ``precision`` defaults to the best the backend runs (INT8, else FP32 on the CPU).
         ``threads``, ``device`` (an OpenVINO device name) and ``hint`` (``latency`` for a study at
         a time, ``throughput`` for many) go to the engine; the other keywords to the pipeline.
         With ``auto``, a backend that cannot run this bundle here is passed over
         (:func:`~lumbar_edge.backends.activate_engine`); :attr:`backend_reason` says which backend
-        was picked and why. Raises what ``activate_engine`` raises."""
+        was picked and why; ``available_order`` restricts the backends ``auto`` tries (default
+        :data:`~lumbar_edge.backends.AUTO_ORDER`). Raises what ``activate_engine`` raises."""
         from .backends import activate_engine
         from .bundle import Bundle
 
         bundle = Bundle.load(Path(bundle_path))
         engine_kwargs = {k: kwargs.pop(k) for k in ("threads", "device", "hint") if k in kwargs}
+        if available_order is not None:
+            engine_kwargs["available_order"] = tuple(available_order)
         engine, reason = activate_engine(bundle, backend=backend, precision=precision, **engine_kwargs)
         try:
             pipeline = cls(bundle, engine, **kwargs)

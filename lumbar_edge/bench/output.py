@@ -71,6 +71,11 @@ def format_report(report: BenchReport) -> str:
         notes = sorted({f"{k}: n/a, {r['stages'][k]['na']}" for r in good for k, _ in STAGES if "na" in r["stages"][k]})
         decoders = sorted({f"{_config(r)}: {r['stages']['decode']['implementation']}" for r in good})
         lines += [f"  {n}" for n in notes] + [f"  decode runs as: {'; '.join(decoders)}"]
+        # The torch backend's FP32 is IEEE FP32 (TF32 off); say so next to its figures.
+        math = sorted({f"{_config(r)}: {r['engine']['fp32_math']}" for r in good
+                       if r.get("engine", {}).get("fp32_math") and r["precision"] == "fp32"})
+        if math:
+            lines.append(f"  FP32 math: {'; '.join(math)}")
     return "\n".join(lines)
 
 

@@ -120,3 +120,79 @@ def test_gpu_backend_modules_import_no_gpu_package():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+class _AvailableTensorRT(TensorRTEngine):
+    """The real TensorRT backend, reported available as on a GPU machine: ``from_bundle`` runs its
+    real engine selection (tensorrt_lean's version) against the bundle."""
+
+    @classmethod
+    def unavailable_reason(cls):
+        return None
+
+    @classmethod
+    def missing_dependencies(cls):
+        return []
+
+
+def test_auto_falls_through_tensorrt_when_the_bundle_has_no_engine_for_the_gpu(trt_lean, tmp_path, monkeypatch):
+    # Defect 1: a random-weights bundle (make_bundle) has ONNX models but no TensorRT engine;
+    # auto must pass over tensorrt with its reason and run the next backend, not raise.
+    from onnx_models import build_model, tiny_bundle_of
+
+    from lumbar_edge.backends import BACKENDS, activate_engine
+    from lumbar_edge.backends import cuda_resources
+    from lumbar_edge.backends.ort import OrtEngine
+    from lumbar_edge.labels import HeadLayout
+
+    monkeypatch.setattr(cuda_resources, "device_info", lambda device=0: ("Jetson AGX Orin", (8, 7), True))
+    build_model(tmp_path / "model.onnx", k=5, groups=1)
+    bundle = tiny_bundle_of(tmp_path, HeadLayout(views=("sagittal_t2",)), [("fp32", "model.onnx")])
+    assert bundle.engines == []
+    registry = dict(BACKENDS, tensorrt=(__name__, "_AvailableTensorRT"))
+    engine, reason = activate_engine(bundle, "auto", available_order=("tensorrt", "onnxruntime"), registry=registry)
+    with engine:
+        assert isinstance(engine, OrtEngine) and engine.is_active
+    assert reason.startswith("onnxruntime (auto: first usable of tensorrt, onnxruntime; skipped tensorrt: "
+                             "no TensorRT engine in the bundle runs on Jetson AGX Orin (sm 8.7, TensorRT lean runtime "
+                             f"{trt_lean.__version__}): the bundle has no engine")
+    # Named, the same bundle is refused in one line (nothing silently replaced).
+    with pytest.raises(EngineError, match="no TensorRT engine in the bundle runs on Jetson AGX Orin"):
+        activate_engine(bundle, "tensorrt", registry=registry)
+
+
+@pytest.mark.parametrize("error", ["CudaDecodeError", "CudaError", "EngineError"])
+def test_a_failed_capture_falls_back_to_plain_enqueueing(error):
+    # Defect 4: the decode kernel's launch refused during capture raises CudaDecodeError, which
+    # is not an EngineError; it must not escape infer_decoded.
+    from lumbar_edge.backends import cuda_resources
+    from lumbar_edge.backends.tensorrt import GRAPH_FALLBACK_ERRORS, capture_or_plain
+    from lumbar_edge.decode_cuda import CudaDecodeError
+
+    cls = {"CudaDecodeError": CudaDecodeError, "CudaError": cuda_resources.CudaError, "EngineError": EngineError}[error]
+    assert issubclass(cls, GRAPH_FALLBACK_ERRORS)
+
+    def capture():
+        raise cls("CUDA decoder: launching decode_peaks_f16 failed: operation not permitted when stream is capturing")
+
+    graph, status = capture_or_plain(capture)
+    assert graph is None and status.startswith("plain (CUDA decoder: launching decode_peaks_f16 failed")
+    assert capture_or_plain(lambda: "graph object") == ("graph object", "graph")
+
+
+def test_a_bug_during_capture_is_not_hidden():
+    from lumbar_edge.backends.tensorrt import capture_or_plain
+
+    def capture():
+        raise TypeError("a bug")
+
+    with pytest.raises(TypeError, match="a bug"):
+        capture_or_plain(capture)
+
+
+def test_runtime_choice_is_checked():
+    from lumbar_edge.errors import InputError
+
+    assert TensorRTEngine("x.engine", runtime="tensorrt_lean").runtime == "tensorrt_lean"
+    with pytest.raises(InputError, match="runtime must be one of tensorrt, tensorrt_lean"):
+        TensorRTEngine("x.engine", runtime="tensorrt_full")

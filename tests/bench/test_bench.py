@@ -129,3 +129,25 @@ def test_an_engine_without_a_timer_times_nothing():
         engine.infer_decoded(np.zeros((2, 1, 8, 8), np.float32), [0])
     assert set(timer.seconds) == {"engine", "decode"} and timer.items == {"engine": 2}
     assert engine.device_memory() is None
+
+
+def test_the_text_report_states_the_torch_backends_fp32_math():
+    from lumbar_edge.bench.output import format_report
+    from lumbar_edge.bench.runner import BenchReport
+
+    def row(precision, fp32_math):
+        stages = {k: {"p50_s": 0.001, "mean_s": 0.001, "share": 0.1} for k, _ in STAGES}
+        stages["decode"]["implementation"] = "cuda kernel"
+        return {"backend": "torch", "precision": precision, "batch": 8, "status": "ok", "reason": None, "runs": 3,
+                "slices_per_study": 15, "latency_s": {"p50": 0.01, "p90": 0.011, "p99": 0.012, "mean": 0.01},
+                "throughput": {"studies_per_s": 100.0, "slices_per_s": 1500.0}, "stages": stages,
+                "memory": {"host_peak_bytes": 2**20, "gpu_peak_bytes": 2**20}, "engine": {"fp32_math": fp32_math}}
+
+    report = BenchReport(
+        machine={"processor": "x", "cpus": 2, "gpu": "NVIDIA H200", "python": "3.11", "onnxruntime": "1", "torch": "2"},
+        bundle={"name": "b", "input": [256, 256]}, study={"study_id": "1", "files": 15, "series": []},
+        settings={"job": "one study", "warmup": 1, "iters": 3},
+        rows=[row("fp32", "ieee (TF32 off)"), row("fp16", "n/a (fp16)")])
+    text = format_report(report)
+    assert "  FP32 math: torch/fp32 b8: ieee (TF32 off)" in text.splitlines()
+    assert "fp16: n/a" not in text

@@ -45,6 +45,41 @@ def test_torch_backend_refusals_and_reason_without_a_gpu(bundle):
         assert f"torch: {reason}" in select_backend("auto")[1]
 
 
+def _tf32_state(torch):
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_fp32_forward_runs_with_tf32_off_and_restores_the_flags(bundle, precision):
+    # Defect 2: PyTorch's default runs FP32 convolutions in TF32 (0.023 heatmap error on the tiny
+    # model against atol 2e-3). The engine's real _forward is run on the CPU with a probe network
+    # that records the flags while it runs (the flags are what cuDNN reads on a GPU).
+    import torch
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(_tf32_state(torch))
+            n = x.shape[0]
+            return torch.zeros(n, 1, 2, 2, dtype=x.dtype), torch.zeros(n, 2, 2, 2, dtype=x.dtype), \
+                torch.zeros(n, 3, 2, 2, dtype=x.dtype)
+
+    before = _tf32_state(torch)
+    engine = TorchCudaEngine.from_bundle(bundle, precision)
+    engine._model, engine._format = Probe(), torch.contiguous_format
+    engine._dtype = torch.float32 if precision == "fp32" else torch.float16
+    out = engine._forward(torch.zeros(2, 3, 8, 8))
+    assert out["heatmap"].shape == (2, 1, 2, 2)
+    ieee = ("ieee", "ieee") if isinstance(before[0], str) else (False, False)
+    assert seen == [ieee if precision == "fp32" else before]
+    assert _tf32_state(torch) == before
+    assert engine.describe()["fp32_math"] == ("ieee (TF32 off)" if precision == "fp32" else "n/a (fp16)")
+
+
 def _agreement(a, b):
     return float(np.mean(a.index == b.index))
 

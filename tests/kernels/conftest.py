@@ -283,3 +283,20 @@ def gxx_host_decoder(shim_builder):
 def nvcc_host_decoder(shim_builder):
     """The nvcc -x cu build only: the one with the header's __half path."""
     return shim_builder("nvcc")
+
+
+@pytest.fixture(scope="session")
+def fatbin_folder(tmp_path_factory):
+    """A folder with decode.fatbin + manifest built from the installed sources by the real nvcc:
+    the package's own when it is current (CI builds it), else one built here."""
+    from lumbar_edge.kernels import build
+
+    if build.is_current():
+        return build.kernel_dir()
+    import shutil
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not found on PATH and no packaged decode.fatbin: cannot build one")
+    folder = tmp_path_factory.mktemp("fatbin")
+    build.build(folder)
+    return folder

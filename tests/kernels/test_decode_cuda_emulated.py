@@ -73,6 +73,7 @@ class FakeGpu:
         self.launches = []
         self.compiled = []
         self.fail = {}  # call name -> exception to raise
+        self.cc = (7, 0)  # no image of the packaged fatbin fits sm_70: the loader compiles the source
 
     def maybe_fail(self, name):
         if name in self.fail:
@@ -111,6 +112,12 @@ class FakeGpu:
             def get_current():
                 return gpu.stack[-1] if gpu.stack else None
 
+            @staticmethod
+            def get_device():
+                if not gpu.stack:
+                    raise FakeLogicError("no current context")
+                return Device(gpu.stack[-1].device)
+
         class Device:
             def __init__(self, ordinal):
                 self.ordinal = ordinal
@@ -121,6 +128,9 @@ class FakeGpu:
 
             def retain_primary_context(self):
                 return Context(self.ordinal)
+
+            def compute_capability(self):
+                return gpu.cc
 
         def mem_alloc(nbytes):
             gpu.maybe_fail("mem_alloc")
@@ -173,7 +183,8 @@ class FakeGpu:
 
         compiler = types.ModuleType("pycuda.compiler")
 
-        def SourceModule(source, no_extern_c=False, options=None, **kwargs):
+        def SourceModule(source, nvcc="nvcc", no_extern_c=False, options=None, **kwargs):
+            # pycuda runs nvcc through subprocess: a missing one raises FileNotFoundError (OSError).
             gpu.maybe_fail("compile")
             assert no_extern_c, "the source declares its own extern \"C\" entry points"
             assert '#include "decode_common.cuh"' not in source and "le_better" in source
@@ -191,10 +202,18 @@ class FakeGpu:
 
 
 @pytest.fixture
-def gpu(monkeypatch, gxx_host_decoder):
+def gpu(monkeypatch, gxx_host_decoder, tmp_path_factory):
     fake = FakeGpu(gxx_host_decoder)
     for name, module in fake.modules().items():
         monkeypatch.setitem(sys.modules, name, module)
+    # An nvcc on PATH for the loader to find (the fake SourceModule never runs it), so these tests
+    # do not depend on the machine's CUDA toolkit; tests of a missing nvcc replace PATH.
+    bin_dir = tmp_path_factory.mktemp("bin")
+    stub = bin_dir / "nvcc"
+    stub.write_text("#!/bin/sh\nexit 1\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    fake.nvcc = str(stub)
     return fake
 
 
@@ -405,3 +424,128 @@ def test_decode_into_a_caller_owned_buffer(gpu, decoder):
     got, ref = Decoded.from_packed(packed, 6), decode_numpy(*host, groups)
     np.testing.assert_array_equal(got.index, ref.index)
     np.testing.assert_allclose(got.probs, ref.probs, rtol=1e-5)
+
+
+# -- where the module comes from: the packaged fatbin, else nvcc, else a clear error ----------------
+
+@pytest.mark.parametrize("cc, expect", [((8, 7), "SASS sm_87"), ((8, 8), "SASS sm_87 (binary compatible"),
+                                        ((11, 0), "PTX compute_75"), ((12, 1), "SASS sm_120 (binary compatible")])
+def test_the_packaged_fatbin_is_loaded_when_it_has_an_image_for_the_gpu(gpu, fatbin_folder, cc, expect):
+    gpu.cc = cc
+    with decode_cuda.primary_context(0), decode_cuda.CudaDecoder(kernel_folder=fatbin_folder) as dec:
+        assert dec.module_source.startswith(f"decode.fatbin: {expect}")
+    assert gpu.compiled == [("file", str(fatbin_folder / "decode.fatbin"))]
+
+
+def test_without_an_image_for_the_gpu_the_source_is_compiled_with_nvcc(gpu, fatbin_folder):
+    gpu.cc = (7, 2)  # Xavier: CUDA 13's nvcc builds no sm_72, and the PTX (compute_75) is newer
+    with decode_cuda.primary_context(0), decode_cuda.CudaDecoder(kernel_folder=fatbin_folder) as dec:
+        assert dec.module_source == f"decode.cu compiled for sm_72 by {gpu.nvcc}"
+    assert gpu.compiled == [("source", ())]
+
+
+def test_a_fatbin_that_fails_to_load_falls_back_to_nvcc(gpu, fatbin_folder):
+    gpu.cc = (9, 0)
+    gpu.fail["module_from_file"] = FakeError("cuModuleLoad failed: device kernel image is invalid")
+    with decode_cuda.primary_context(0), decode_cuda.CudaDecoder(kernel_folder=fatbin_folder) as dec:
+        assert dec.module_source.startswith("decode.cu compiled for sm_90")
+
+
+def test_no_image_and_no_nvcc_is_a_clear_missing_dependency(gpu, fatbin_folder, tmp_path, monkeypatch):
+    gpu.cc = (7, 2)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvcc anywhere
+    with decode_cuda.primary_context(0):
+        with pytest.raises(MissingDependencyError, match=r"the CUDA decode kernel on this GPU \(sm_72\) needs nvcc "
+                                                         r".*has no image for sm_72.*nvcc is not on PATH"):
+            decode_cuda.CudaDecoder(kernel_folder=fatbin_folder)
+        # No packaged fatbin at all (a package built without nvcc): the same error, naming that.
+        with pytest.raises(MissingDependencyError, match="no packaged decode.fatbin"):
+            decode_cuda.CudaDecoder(kernel_folder=tmp_path)
+    assert gpu.compiled == [] and not gpu.stack
+
+
+def test_an_oserror_from_pycudas_nvcc_run_is_a_missing_dependency(gpu):
+    # What pycuda's call_capture_output raises when the nvcc it runs is gone or not executable;
+    # before the fix it escaped checked_call as a raw OSError. (sm_70: no fatbin image, so the
+    # default decoder compiles the source.)
+    gpu.fail["compile"] = FileNotFoundError(2, "No such file or directory", "nvcc")
+    with decode_cuda.primary_context(0):
+        with pytest.raises(MissingDependencyError, match=r"compiling the CUDA decode kernel at run time needs nvcc "
+                                                         r"\(the CUDA toolkit\): running .*nvcc failed"):
+            decode_cuda.CudaDecoder()
+    assert not gpu.live and not gpu.stack
+
+
+def test_a_fatbin_built_from_other_sources_is_not_used(gpu, fatbin_folder, tmp_path):
+    import json
+    import shutil
+
+    from lumbar_edge.kernels import build
+
+    for name in (build.FATBIN_NAME, build.MANIFEST_NAME):
+        shutil.copyfile(fatbin_folder / name, tmp_path / name)
+    manifest = json.loads((tmp_path / build.MANIFEST_NAME).read_text())
+    manifest["source_sha256"] = "0" * 64
+    (tmp_path / build.MANIFEST_NAME).write_text(json.dumps(manifest))
+    gpu.cc = (8, 7)
+    with decode_cuda.primary_context(0), decode_cuda.CudaDecoder(kernel_folder=tmp_path) as dec:
+        assert dec.module_source.startswith("decode.cu compiled for sm_87")
+    path, images, note = decode_cuda.packaged_fatbin(tmp_path)
+    assert images is None and "other sources" in note
+
+
+# -- group tables: never freed while a captured graph holds their address ---------------------------
+
+def test_group_tables_held_by_a_graph_are_never_freed(gpu, decoder):
+    rng = np.random.default_rng(5)
+    n, k, c, h, w = 2, 3, 4, 5, 6
+    host, bufs = _device_outputs(gpu, rng, n, k, c, h, w)
+    ptrs = [int(b) for b in bufs]
+    captured = [0, 1, 2]
+    key = decoder.hold_groups(captured)  # what the TensorRT backend does before capturing a graph
+    held = decoder._groups.get(captured)
+    # Many more head layouts than the cache keeps: the unheld ones are evicted, the held one stays.
+    layouts = [[a, b, d] for a in range(c) for b in range(c) for d in range(2)][:3 * decode_cuda._MAX_CACHED_GROUPS]
+    for groups in layouts:
+        decoder.decode(*ptrs, n, k, h, w, groups, "float32", num_conditions=c)
+    assert not held.freed, "a table a graph holds was freed"
+    assert int(held) in gpu.live
+    assert len(decoder._groups) <= decode_cuda._MAX_CACHED_GROUPS + 1
+    # A replay of the graph still reads the right table: decoding with it matches numpy.
+    decoder.decode(*ptrs, n, k, h, w, captured, "float32", num_conditions=c)
+    got = decoder.download(n, k, w)
+    np.testing.assert_array_equal(got.index, decode_numpy(*host, np.array(captured)).index)
+    # Released: it may go like any other.
+    decoder.release_groups(key)
+    for groups in layouts:
+        decoder.decode(*ptrs, n, k, h, w, groups, "float32", num_conditions=c)
+    assert held.freed
+    for buf in bufs:
+        buf.free()
+
+
+def test_group_table_eviction_is_least_recently_used_and_bounded():
+    from lumbar_edge.decode_cuda import GroupTables
+
+    class Table:
+        def __init__(self, values):
+            self.values, self.freed = values.tolist(), False
+
+        def free(self):
+            assert not self.freed, "double free"
+            self.freed = True
+
+    made = []
+    tables = GroupTables(lambda t: made.append(Table(t)) or made[-1], limit=2)
+    a, b = tables.get([0]), tables.get([1])
+    tables.get([0])  # [0] is now the most recent
+    key = tables.hold([2])
+    assert not a.freed and not b.freed  # a held table does not count against the limit
+    tables.get([3])
+    assert b.freed and not a.freed  # the least recently used unheld table went
+    tables.get([4])
+    assert a.freed and not made[2].freed
+    tables.release(key)
+    tables.get([5])
+    assert made[2].freed and made[2].values == [2]
+    assert [t.values for t in tables.buffers()] == [[4], [5]]

@@ -114,3 +114,20 @@ def test_loads_a_prebuilt_fatbin(cuda_context, tmp_path, assert_packed_matches):
         got = decoder.decode_arrays(hm, off, sev, groups)
     assert_packed_matches(got.to_packed(), decode_numpy(hm, off, sev, groups), 17)
     assert got.to_packed().shape == (3, 4, RECORD_SIZE)
+
+
+def test_the_default_decoder_loads_the_packaged_fatbin(cuda_context, assert_packed_matches):
+    from lumbar_edge.kernels import build
+
+    if not build.is_current():
+        pytest.skip("no current packaged decode.fatbin (python -m lumbar_edge.kernels.build)")
+    rng = np.random.default_rng(11)
+    hm = rng.standard_normal((2, 3, 16, 20)).astype(np.float16)
+    off = rng.random((2, 6, 16, 20), dtype=np.float32).astype(np.float16)
+    sev = rng.standard_normal((2, 3, 16, 20)).astype(np.float16)
+    groups = np.zeros(3, dtype=np.int32)
+    with decode_cuda.CudaDecoder() as decoder:
+        assert decoder.module_source.startswith("decode.fatbin: "), decoder.module_source
+        print(f"decoder module: {decoder.module_source}")
+        got = decoder.decode_arrays(hm, off, sev, groups)
+    assert_packed_matches(got.to_packed(), decode_numpy(hm, off, sev, groups), 20)

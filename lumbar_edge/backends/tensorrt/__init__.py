@@ -5,8 +5,13 @@ only). Device buffers are allocated once for the maximum batch, inputs go throug
 memory (mapped pinned memory on integrated GPUs such as Jetson, which the GPU reads in place), and
 the engine and then the decode kernel are enqueued on the engine's one stream; only the packed
 decode records come back. Engine + decode are captured in a CUDA graph per (batch size, groups)
-seen; when capture fails (some DLA or plugin engines cannot be captured) that batch size falls back
-to plain enqueueing, recorded in :attr:`TensorRTEngine.graph_status`.
+seen, each batch size on its own execution context whose input shape is set once (a graph
+recorded for one shape is invalid after ``set_input_shape`` to another); all contexts share one
+scratch allocation (``USER_MANAGED``), which is safe because they only ever run one after another
+on the engine's stream. The decoder's group table of a captured graph is held until the graph is
+freed. When capture fails (some DLA or plugin engines cannot be captured, or the decode launch
+is refused during capture) that key falls back to plain enqueueing, recorded in
+:attr:`TensorRTEngine.graph_status`.
 
 Every TensorRT name used here is listed in :data:`REQUIRED_NAMES` and checked at activation (and
 in CI against the real ``tensorrt_lean`` bindings).
@@ -20,6 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ...decode_cuda import CudaDecodeError
 from ...errors import InputError
 from ..base import OUTPUT_NAMES, Engine, EngineError, _dims
 
@@ -27,25 +33,42 @@ from ..base import OUTPUT_NAMES, Engine, EngineError, _dims
 TENSORRT_MODULES: Tuple[str, ...] = ("tensorrt", "tensorrt_lean")
 #: Every TensorRT attribute this backend uses, by owner (``module`` is the package itself).
 REQUIRED_NAMES: Mapping[str, Tuple[str, ...]] = {
-    "module": ("__version__", "Logger", "Runtime", "TensorIOMode", "DataType"),
+    "module": ("__version__", "Logger", "Runtime", "TensorIOMode", "DataType", "ExecutionContextAllocationStrategy"),
     "Logger": ("ERROR",),
     "Runtime": ("deserialize_cuda_engine", "engine_host_code_allowed", "DLA_core"),
     "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_dtype", "get_tensor_shape",
-                    "get_tensor_profile_shape", "create_execution_context"),
-    "IExecutionContext": ("set_input_shape", "get_tensor_shape", "set_tensor_address", "execute_async_v3"),
+                    "get_tensor_profile_shape", "create_execution_context", "device_memory_size_v2"),
+    "IExecutionContext": ("set_input_shape", "get_tensor_shape", "set_tensor_address", "execute_async_v3",
+                          "set_device_memory"),
+    "ExecutionContextAllocationStrategy": ("USER_MANAGED",),
     "TensorIOMode": ("INPUT", "OUTPUT"),
     "DataType": ("FLOAT", "HALF"),
 }
 #: Precisions in the order this backend prefers them when the caller names none.
 PREFERRED_PRECISIONS: Tuple[str, ...] = ("int8", "fp16", "fp32")
+#: Batch sizes captured in CUDA graphs (one execution context each); later ones run plainly.
+MAX_GRAPH_BATCH_SIZES = 16
+#: What a failed capture may raise and still fall back to plain enqueueing: the driver's and
+#: TensorRT's errors (CudaError is an EngineError) and the decode kernel's launch during capture.
+GRAPH_FALLBACK_ERRORS: Tuple[type, ...] = (EngineError, CudaDecodeError)
 _REBUILD = ("rebuild it from the bundle's ONNX with `lumbar-edge export ... --engine` (or `python -m "
             "lumbar_edge.export.tensorrt_build BUNDLE`) on this machine, which needs the full TensorRT (`tensorrt`)")
 
 
-def import_tensorrt():
-    """The first of :data:`TENSORRT_MODULES` that imports; :class:`ImportError` if none does."""
+def capture_or_plain(capture) -> Tuple[Optional[object], str]:
+    """``(graph, "graph")`` from ``capture()``, or ``(None, "plain (why)")`` when it raises one of
+    :data:`GRAPH_FALLBACK_ERRORS`; anything else (a bug) propagates."""
+    try:
+        return capture(), "graph"
+    except GRAPH_FALLBACK_ERRORS as exc:
+        return None, f"plain ({exc})"
+
+
+def import_tensorrt(names: Sequence[str] = TENSORRT_MODULES):
+    """The first of ``names`` (default :data:`TENSORRT_MODULES`) that imports; :class:`ImportError`
+    if none does."""
     errors = []
-    for name in TENSORRT_MODULES:
+    for name in names:
         try:
             return importlib.import_module(name)
         except (ImportError, OSError) as exc:
@@ -129,7 +152,10 @@ class TensorRTEngine(Engine):
 
     ``max_batch`` is capped by the engine's optimisation profile. ``version_compatible`` engines
     are deserialised with ``engine_host_code_allowed``; ``dla_core`` selects a Jetson DLA core.
-    ``cuda_graphs=False`` enqueues plainly instead of capturing graphs.
+    ``cuda_graphs=False`` enqueues plainly instead of capturing graphs. ``runtime`` names the
+    module to deserialise with (``"tensorrt_lean"`` to use the lean runtime where the full
+    TensorRT is also installed); by default the first of :data:`TENSORRT_MODULES` that imports.
+    Raises :class:`InputError` for another ``runtime``.
     """
 
     name = "tensorrt"
@@ -141,9 +167,13 @@ class TensorRTEngine(Engine):
     def __init__(self, engine_path: Union[str, Path], *, device: int = 0, max_batch: int = 64,
                  precision: str = "fp16", version_compatible: bool = False, dla_core: Optional[int] = None,
                  cuda_graphs: bool = True, num_keypoints: Optional[int] = None,
-                 num_conditions: Optional[int] = None, stride: int = 4):
+                 num_conditions: Optional[int] = None, stride: int = 4, runtime: Optional[str] = None):
         super().__init__(precision=precision, max_batch=max_batch, stride=stride, num_keypoints=num_keypoints,
                          num_conditions=num_conditions)
+        if runtime is not None and runtime not in TENSORRT_MODULES:
+            raise InputError(f"runtime must be one of {', '.join(TENSORRT_MODULES)}, got {runtime!r}")
+        #: The module to deserialise with (None: the first of TENSORRT_MODULES that imports).
+        self.runtime = runtime
         self.engine_path = Path(engine_path)
         self.device = int(device)
         self.version_compatible = bool(version_compatible)
@@ -163,6 +193,10 @@ class TensorRTEngine(Engine):
         self._outputs: Dict[str, object] = {}
         self._out_dtypes: Dict[str, np.dtype] = {}
         self._graphs: Dict[Tuple[int, Tuple[int, ...]], object] = {}
+        self._input_ptr: Optional[int] = None
+        self._held: Dict[Tuple[int, Tuple[int, ...]], Tuple[int, ...]] = {}  # graph key -> held group table
+        self._graph_contexts: Dict[int, object] = {}  # batch size -> its own execution context
+        self._scratch = None
         self._shape_n: Optional[int] = None
 
     # -- availability ---------------------------------------------------------------------------
@@ -216,7 +250,7 @@ class TensorRTEngine(Engine):
         return resource
 
     def _activate(self) -> None:
-        trt = _import_or_missing()
+        trt = _import_or_missing(self.runtime)
         absent = missing_names(trt)
         if absent:
             raise EngineError(f"{trt.__name__} {getattr(trt, '__version__', '?')} lacks {', '.join(absent)}; "
@@ -240,10 +274,10 @@ class TensorRTEngine(Engine):
                     raise EngineError(f"{trt.__name__} {trt.__version__} cannot deserialize {self.engine_path.name} "
                                       f"(TensorRT's error is above); {_REBUILD}")
                 self._bind(trt)
-                self._context = self._engine.create_execution_context()
-                if self._context is None:
-                    raise EngineError(f"TensorRT could not create an execution context for {self.engine_path.name} "
-                                      f"(out of device memory?)")
+                # One scratch allocation for every context: they run one after another on one stream.
+                self._scratch = self._own(DeviceBuffer(int(self._engine.device_memory_size_v2),
+                                                       "TensorRT's scratch memory"))
+                self._context = self._new_context(trt)
                 self._stream = self._own(Stream())
                 n, c, h, w = self.max_batch, *self.input_shape[1:]
                 self._set_batch(n)
@@ -254,12 +288,12 @@ class TensorRTEngine(Engine):
                     self._host_input = self._own(HostBuffer((n, c, h, w), np.float32))
                     self._input = self._own(DeviceBuffer(n * c * h * w * 4, "the engine input"))
                     input_ptr = self._input.ptr
-                self._context.set_tensor_address(self._input_name, input_ptr)
+                self._input_ptr = input_ptr
                 for name in OUTPUT_NAMES:
                     shape = tuple(self._context.get_tensor_shape(name))
-                    buf = self._own(DeviceBuffer(int(np.prod(shape)) * self._out_dtypes[name].itemsize, name))
-                    self._outputs[name] = buf
-                    self._context.set_tensor_address(name, buf.ptr)
+                    self._outputs[name] = self._own(DeviceBuffer(int(np.prod(shape)) * self._out_dtypes[name].itemsize,
+                                                                 name))
+                self._bind_addresses(self._context)
                 k = tuple(self._context.get_tensor_shape("heatmap"))[1]
                 self._records = self._own(HostBuffer((n, k, 8), np.float32, mapped=self.integrated))
                 self._records_dev = (self._records.device_ptr if self.integrated
@@ -304,6 +338,39 @@ class TensorRTEngine(Engine):
         self.max_batch = min(self.max_batch, limit)
         self.input_shape = shape
 
+    def _new_context(self, trt=None):
+        """An execution context running in the shared scratch memory."""
+        trt = trt or _import_or_missing(self.runtime)
+        context = self._engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if context is None:
+            raise EngineError(f"TensorRT could not create an execution context for {self.engine_path.name} "
+                              f"(out of host or device memory?)")
+        context.set_device_memory(self._scratch.ptr, self._scratch.nbytes)
+        return context
+
+    def _bind_addresses(self, context) -> None:
+        """Point ``context``'s input and outputs at the engine's buffers (sized for max_batch)."""
+        if not context.set_tensor_address(self._input_name, self._input_ptr):
+            raise EngineError(f"TensorRT refused the input address for {self.engine_path.name}")
+        for name in OUTPUT_NAMES:
+            if not context.set_tensor_address(name, self._outputs[name].ptr):
+                raise EngineError(f"TensorRT refused the {name} address for {self.engine_path.name}")
+
+    def _graph_context(self, n: int):
+        """The execution context of batch size ``n`` for graph capture (made on first use, its
+        input shape set once and never changed), or ``None`` past :data:`MAX_GRAPH_BATCH_SIZES`."""
+        context = self._graph_contexts.get(n)
+        if context is None:
+            if len(self._graph_contexts) >= MAX_GRAPH_BATCH_SIZES:
+                return None
+            context = self._new_context()
+            c, h, w = self.input_shape[1:]
+            if not context.set_input_shape(self._input_name, (n, c, h, w)):
+                raise EngineError(f"TensorRT refused input shape {[n, c, h, w]} for {self.engine_path.name}")
+            self._bind_addresses(context)
+            self._graph_contexts[n] = context
+        return context
+
     def _set_batch(self, n: int) -> None:
         if self._shape_n != n:
             c, h, w = self.input_shape[1:]
@@ -321,6 +388,9 @@ class TensorRTEngine(Engine):
                     for graph in self._graphs.values():
                         if graph is not None:
                             graph.free()
+                    self._graphs.clear()
+                    # Contexts before the engine, and both before the scratch memory they run in.
+                    self._graph_contexts.clear()
                     self._context = self._engine = self._runtime = None
                     for resource in reversed(self._owned):
                         try:
@@ -347,8 +417,8 @@ class TensorRTEngine(Engine):
             cuda_call("copying the batch to the device", driver().memcpy_htod_async, self._input.ptr,
                       self._host_input.array[:n], self._stream.stream)
 
-    def _enqueue(self) -> None:
-        if not self._context.execute_async_v3(self._stream.handle):
+    def _enqueue(self, context=None) -> None:
+        if not (context or self._context).execute_async_v3(self._stream.handle):
             raise EngineError(f"TensorRT failed to enqueue {self.engine_path.name}")
 
     def _infer(self, images: np.ndarray) -> Mapping[str, np.ndarray]:
@@ -369,9 +439,10 @@ class TensorRTEngine(Engine):
             self._stream.synchronize()
         return {k: v.astype(np.float32, copy=False) for k, v in out.items()}
 
-    def _decode_into_records(self, n: int, groups: np.ndarray) -> None:
-        k, h, w = tuple(self._context.get_tensor_shape("heatmap"))[1:]
-        c = tuple(self._context.get_tensor_shape("severity"))[1] // 3
+    def _decode_into_records(self, n: int, groups: np.ndarray, context=None) -> None:
+        context = context or self._context
+        k, h, w = tuple(context.get_tensor_shape("heatmap"))[1:]
+        c = tuple(context.get_tensor_shape("severity"))[1] // 3
         self._decoder.decode(self._outputs["heatmap"].ptr, self._outputs["offset"].ptr, self._outputs["severity"].ptr,
                              n, k, h, w, groups, self._out_dtypes["heatmap"], self._stream.stream,
                              num_conditions=c, stride=float(self.stride), out_ptr=self._records_dev)
@@ -380,10 +451,11 @@ class TensorRTEngine(Engine):
         """Run a batch and decode on the GPU; only the packed records cross to the host.
 
         Raises what :meth:`Engine.infer` raises, :class:`InputError` for bad ``groups``, and
-        :class:`~lumbar_edge.backends.cuda_resources.CudaError` when a CUDA call fails.
+        :class:`~lumbar_edge.backends.cuda_resources.CudaError` when a CUDA call fails. A key
+        (batch size, groups) whose capture fails runs plainly from then on (:attr:`graph_status`).
         """
         from ...decode import Decoded
-        from ..cuda_resources import CudaError, GraphExec, cuda_call, driver
+        from ..cuda_resources import cuda_call, driver
 
         images = self.check_input(images)
         groups_arr = np.asarray(groups)
@@ -394,36 +466,56 @@ class TensorRTEngine(Engine):
             return self._infer_decoded_timed(images, groups_arr)
         key = (n, tuple(int(g) for g in groups_arr))
         with self._ctx.current():
-            self._set_batch(n)
             self._upload(images)
             graph = self._graphs.get(key)
-            if graph is None and key not in self.graph_status:
-                # Uncaptured first run: TensorRT's deferred setup and the decoder's group table
-                # upload happen here, outside any capture.
-                self._enqueue()
-                self._decode_into_records(n, groups_arr)
-                if self.cuda_graphs:
-                    self._stream.synchronize()
-                    try:
-                        self._graphs[key] = GraphExec(self._stream, lambda: (self._enqueue(),
-                                                                             self._decode_into_records(n, groups_arr)))
-                        self.graph_status[key] = "graph"
-                    except (CudaError, EngineError) as exc:
-                        self.graph_status[key] = f"plain ({exc})"
-                else:
-                    self.graph_status[key] = "plain (cuda_graphs=False)"
-            elif graph is not None:
+            if graph is not None:
                 graph.launch()
+                context = self._graph_contexts[n]
+            elif key in self.graph_status or not self.cuda_graphs:
+                context = self._run_plain(n, groups_arr)
+                self.graph_status.setdefault(key, "plain (cuda_graphs=False)")
             else:
-                self._enqueue()
-                self._decode_into_records(n, groups_arr)
-            w = tuple(self._context.get_tensor_shape("heatmap"))[3]
+                context = self._graph_context(n)
+                if context is None:
+                    context = self._run_plain(n, groups_arr)
+                    self.graph_status[key] = f"plain (more than {MAX_GRAPH_BATCH_SIZES} batch sizes captured)"
+                else:
+                    # Uncaptured first run on this shape's context: TensorRT's deferred setup and
+                    # the group table's upload happen here, outside any capture.
+                    self._enqueue(context)
+                    self._decode_into_records(n, groups_arr, context)
+                    self._stream.synchronize()
+                    self._capture(key, context, groups_arr)
+            w = tuple(context.get_tensor_shape("heatmap"))[3]
             records = self._records.array[:n]
             if not self.integrated:
                 cuda_call("copying the decoded peaks to the host", driver().memcpy_dtoh_async, records,
                           self._records_dev, self._stream.stream)
             self._stream.synchronize()
             return Decoded.from_packed(np.array(records), w)
+
+    def _run_plain(self, n: int, groups_arr: np.ndarray):
+        """Engine + decode enqueued on the plain context (shape set to ``n``); returns it."""
+        self._set_batch(n)
+        self._enqueue()
+        self._decode_into_records(n, groups_arr)
+        return self._context
+
+    def _capture(self, key, context, groups_arr: np.ndarray) -> None:
+        """Capture engine + decode for ``key`` on ``context``; on failure the key runs plainly.
+        The group table is held for the graph's lifetime (its address is baked into the graph)."""
+        from ..cuda_resources import GraphExec
+
+        n = key[0]
+        held = self._decoder.hold_groups(groups_arr)
+        graph, status = capture_or_plain(lambda: GraphExec(self._stream, lambda: (
+            self._enqueue(context), self._decode_into_records(n, groups_arr, context))))
+        if graph is None:
+            self._decoder.release_groups(held)
+        else:
+            self._graphs[key] = graph
+            self._held[key] = held
+        self.graph_status[key] = status
 
     def _infer_decoded_timed(self, images: np.ndarray, groups_arr: np.ndarray):
         """:meth:`infer_decoded` for a stage timer: copy in, engine, decode kernel and copy out
@@ -467,14 +559,15 @@ class TensorRTEngine(Engine):
         return {"backend": self.name, "precision": self.precision, "engine": str(self.engine_path),
                 "device": self.device, "integrated": self.integrated, "max_batch": self.max_batch,
                 "version_compatible": self.version_compatible, "dla_core": self.dla_core,
-                "graphs": {f"{n}": s for (n, _), s in self.graph_status.items()}}
+                "graphs": {f"{n}": s for (n, _), s in self.graph_status.items()},
+                "graph_contexts": sorted(self._graph_contexts)}
 
 
-def _import_or_missing():
+def _import_or_missing(runtime: Optional[str] = None):
     from ...errors import MissingDependencyError
 
     try:
-        return import_tensorrt()
+        return import_tensorrt((runtime,) if runtime else TENSORRT_MODULES)
     except ImportError as exc:
         raise MissingDependencyError("the tensorrt backend", ["tensorrt-lean-cu13"], "trt") from exc
 

@@ -10,11 +10,17 @@ stream and hands it to PyTorch as ``torch.cuda.ExternalStream``; graph replay an
 kernel are thus on the same stream. Both share the device's primary context (PyTorch's runtime
 uses it; pycuda retains it through :class:`~lumbar_edge.backends.cuda_resources.PrimaryContext`).
 torch and pycuda are imported inside the engine only.
+
+FP32 means IEEE FP32: PyTorch runs FP32 convolutions in TF32 on Ampere and later by default
+(``torch.backends.cudnn.conv.fp32_precision == "tf32"``), about 1e-3 relative error per layer, so
+the fp32 engine switches TF32 off around every forward and graph capture (:func:`fp32_math`) and
+says so in :meth:`TorchCudaEngine.describe` (hence in ``lumbar-edge bench``'s JSON).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -25,6 +31,33 @@ from ..base import OUTPUT_NAMES, Engine, EngineError
 PRECISIONS: Tuple[str, ...] = ("fp16", "fp32")
 #: Uncaptured runs before capturing a graph (cuDNN picks its algorithms during these).
 WARMUP_RUNS = 3
+
+
+@contextlib.contextmanager
+def fp32_math(torch, ieee: bool) -> Iterator[None]:
+    """While active and ``ieee``, FP32 convolutions and matmuls run in IEEE FP32 (TF32 off);
+    the previous settings are restored after. The flags are process-wide, so the engine sets them
+    only around its own forward passes and captures (kernels are chosen then; a graph replays
+    what was captured). Uses the ``fp32_precision`` API where PyTorch has it (2.9 and later, which
+    refuses reads of the legacy flags once it is used), else the legacy ``allow_tf32`` flags."""
+    if not ieee:
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        flags = [(conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")]
+        value = "ieee"
+    else:
+        flags = [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
+        value = False
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        for owner, name in flags:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for (owner, name), old in zip(flags, saved):
+            setattr(owner, name, old)
 
 
 class _Captured:
@@ -167,8 +200,12 @@ class TorchCudaEngine(Engine):
     # -- inference ------------------------------------------------------------------------------
 
     def _forward(self, x):
-        """The network on a float32 NCHW device batch: NCHW-contiguous outputs in the model dtype."""
-        heatmap, offset, severity = self._model(x.to(self._dtype).contiguous(memory_format=self._format))
+        """The network on a float32 NCHW device batch: NCHW-contiguous outputs in the model dtype
+        (FP32 in IEEE FP32, TF32 off: see :func:`fp32_math`)."""
+        import torch
+
+        with fp32_math(torch, self._dtype == torch.float32):
+            heatmap, offset, severity = self._model(x.to(self._dtype).contiguous(memory_format=self._format))
         return {"heatmap": heatmap.contiguous(), "offset": offset.contiguous(), "severity": severity.contiguous()}
 
     def _capture(self, n: int) -> _Captured:
@@ -183,7 +220,7 @@ class TorchCudaEngine(Engine):
         self._torch_stream.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            outputs = self._forward(static_input)
+            outputs = self._forward(static_input)  # the capture records the IEEE kernels for FP32
         captured = _Captured(graph, static_input, outputs)
         self._graphs[n] = captured
         return captured
@@ -265,7 +302,8 @@ class TorchCudaEngine(Engine):
         """Settings for logs and benchmark records."""
         return {"backend": self.name, "precision": self.precision, "weights": str(self.weights),
                 "device": self.device, "cuda_graphs": self.cuda_graphs, "channels_last": self.channels_last,
-                "max_batch": self.max_batch, "graphs": sorted(self._graphs)}
+                "max_batch": self.max_batch, "graphs": sorted(self._graphs),
+                "fp32_math": "ieee (TF32 off)" if self.precision == "fp32" else "n/a (fp16)"}
 
 
 __all__ = ["PRECISIONS", "TorchCudaEngine"]
