@@ -50,11 +50,25 @@ def scan(path: Path, as_json: bool, workers: Optional[int], quiet: bool) -> None
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None, help="Processes used to render studies (default: CPU count).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quiet: bool) -> None:
+@click.option("--axial-layout", type=click.Choice(["single", "stacks", "split"]), default="single", show_default=True,
+              help="Axial T2 as one parallel stack, one stack angled along each disc in one series, or two "
+                   "series over the upper and lower discs.")
+@click.option("--repeat-sagittal", is_flag=True, help="An earlier sagittal T2 (stopped part-way or complete) "
+                                                         "besides the one to use.")
+@click.option("--patient-position", type=click.Choice(["HFS", "FFS", "HFP", "FFP"]), default="HFS", show_default=True,
+              help="How the slices are stored (feet first: sagittal head-down; prone: axial upside down ...).")
+@click.option("--drop-optional-tags", is_flag=True,
+              help="Leave out SpacingBetweenSlices, SliceThickness, SeriesDescription, ProtocolName, SliceLocation.")
+@click.option("--realistic", is_flag=True, help="Draw the options above per study, in the proportions of real "
+                                                 "exports (overrides them).")
+def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quiet: bool, axial_layout: str,
+          repeat_sagittal: bool, patient_position: str, drop_optional_tags: bool, realistic: bool) -> None:
     """Write synthetic lumbar-spine MRI studies in the RSNA 2024 layout (demo and test data)."""
     from .synth import synthesize
 
-    summary = synthesize(out_dir, n_studies=n_studies, seed=seed, workers=workers, progress=not quiet)
+    summary = synthesize(out_dir, n_studies=n_studies, seed=seed, workers=workers, progress=not quiet,
+                         axial_layout=axial_layout, repeat_sagittal=repeat_sagittal, patient_position=patient_position,
+                         drop_optional_tags=drop_optional_tags, realistic=realistic)
     click.echo(summary.describe())
 
 

@@ -57,6 +57,8 @@ class SynthSummary:
     study_ids: Tuple[int, ...]
     truth_path: Path
     options: SynthOptions = field(repr=False, default_factory=SynthOptions)
+    #: How many studies have each variant value ({field: {value: count}}), see synth.variants.
+    variants: Dict[str, Dict[str, int]] = field(default_factory=dict)
 
     def describe(self) -> str:
         """A few lines for people: where, how much, and the label distribution."""
@@ -69,7 +71,10 @@ class SynthSummary:
             f"labels: {dist}; unlabelled {self.unlabelled}",
             f"sagittal T2/STIR series: {self.n_studies - self.stir_series} T2, {self.stir_series} STIR; "
             f"3D ground truth in {self.truth_path.name}",
-        ])
+        ] + ([f"variants: " + "; ".join(f"{k.replace('_', ' ')} " + ", ".join(f"{v} {n}" for v, n in sorted(c.items()))
+                                        for k, c in self.variants.items())]
+             if any(len(c) > 1 or next(iter(c)) not in ("single", "False", "HFS") for c in self.variants.values())
+             else []))
 
 
 def _render_and_write(job: Tuple[int, int, SynthOptions, Tuple[int, Tuple[int, int, int]], str]) -> Dict[str, Any]:
@@ -191,11 +196,15 @@ def synthesize(out_dir, n_studies: int, seed: int = 0, workers: Optional[int] = 
                 counts[value] += 1
             else:
                 unlabelled += 1
-    return SynthSummary(out_dir=out, seed=seed, n_studies=n_studies, n_series=3 * n_studies,
+    from .variants import Variant, describe_mix
+
+    mix = describe_mix([Variant(**r["truth"]["variant"]) for r in results])
+    return SynthSummary(out_dir=out, seed=seed, n_studies=n_studies,
+                        n_series=sum(len(r["descriptions"]) for r in results),
                         n_files=sum(r["files"] for r in results), n_bytes=sum(r["bytes"] for r in results),
                         seconds=time.perf_counter() - start, label_counts=counts, unlabelled=unlabelled,
                         stir_series=sum(r["stir"] for r in results), study_ids=tuple(r["study_id"] for r in by_id),
-                        truth_path=truth_path, options=opts)
+                        truth_path=truth_path, options=opts, variants=mix)
 
 
 def load_truth(root) -> Dict[str, Any]:

@@ -354,7 +354,7 @@ def plan_study(seed: int, index: int, options: Optional[SynthOptions] = None,
                                  f"{hour + minute // 60:02d}{minute % 60:02d}{int(rng.integers(0, 60)):02d}"))
 
     vrng = study_rng(seed, index, 6)
-    variant = variant_for(options, vrng)
+    variant = variant_for(options, seed, index)
     if not variant.is_plain:
         series = _apply_variant(variant, series, vrng, disc_pts, kp, sc)
 

@@ -61,14 +61,25 @@ class Variant:
         return dataclasses.asdict(self)
 
 
-def draw_realistic(rng: np.random.Generator) -> Variant:
-    """A variant drawn in the proportions of the ``--realistic`` mix: a third of the studies
-    with angled per-disc axial stacks and a sixth with split axial series, a fifth with a
-    repeated sagittal T2, 45% not head-first supine, a quarter without the optional tags."""
-    layout = str(rng.choice(AXIAL_LAYOUTS, p=[0.5, 1 / 3, 1 / 6]))
-    repeat = bool(rng.random() < 0.2)
-    position = str(rng.choice(PATIENT_POSITIONS, p=[0.55, 0.2, 0.15, 0.1]))
-    drop = bool(rng.random() < 0.25)
+#: The realistic mix, cycled over the study indices from a seed-dependent offset, so that any
+#: run of studies holds each variant in these proportions: a third angled per-disc axial stacks
+#: and a sixth split axial series, a fifth repeated sagittal T2s, 45% not head-first supine,
+#: a quarter without the optional tags.
+_MIX_LAYOUT = ("stacks", "single", "split", "stacks", "single", "single")
+_MIX_POSITION = ("HFS", "FFS", "HFS", "HFP", "HFS", "FFP", "HFS", "FFS", "HFP", "HFS", "HFS", "FFS",
+                 "HFS", "HFP", "HFS", "FFS", "HFS", "HFS", "FFP", "HFS")
+_MIX_REPEAT = 5
+_MIX_DROP = 4
+
+
+def draw_realistic(seed: int, index: int) -> Variant:
+    """Study ``index``'s variant in the ``--realistic`` mix of the dataset made with ``seed``
+    (see :data:`_MIX_LAYOUT` and the rest: fixed proportions, seed-dependent order)."""
+    offsets = np.random.default_rng(np.random.SeedSequence([abs(int(seed)), 1 if seed < 0 else 0, 6])).integers(0, 60, 4)
+    layout = _MIX_LAYOUT[(index + int(offsets[0])) % len(_MIX_LAYOUT)]
+    position = _MIX_POSITION[(index + int(offsets[1])) % len(_MIX_POSITION)]
+    repeat = (index + int(offsets[2])) % _MIX_REPEAT == 0
+    drop = (index + int(offsets[3])) % _MIX_DROP == 0
     return Variant(layout, repeat, position, drop)
 
 
@@ -131,10 +142,11 @@ def extra_series_ids(rng: np.random.Generator, taken: Sequence[int], count: int,
     return out
 
 
-def variant_for(options, rng: np.random.Generator) -> Variant:
-    """The study's variant: drawn when ``options.realistic``, else the options' own fields."""
+def variant_for(options, seed: int, index: int) -> Variant:
+    """The study's variant: from the realistic mix when ``options.realistic``, else the options'
+    own fields."""
     if getattr(options, "realistic", False):
-        return draw_realistic(rng)
+        return draw_realistic(seed, index)
     return Variant(options.axial_layout, options.repeat_sagittal, options.patient_position,
                    options.drop_optional_tags)
 

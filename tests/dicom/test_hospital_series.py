@@ -1,0 +1,123 @@
+"""Series as hospitals send them (issue 17): pixel padding, a missing PixelSpacing, a stray
+slice without position, and a three-plane localizer that must stay 'other' while angled axial
+stacks do not."""
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+
+from lumbar_edge.dicom import scan_path
+from lumbar_edge.dicom.geometry import Plane
+from lumbar_edge.preprocess import window
+from lumbar_edge.select import select_series
+from lumbar_edge.synth import SynthOptions, synthesize
+
+
+@pytest.fixture(scope="module")
+def study_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hospital")
+    synthesize(root / "d", n_studies=1, seed=41, workers=1, options=SynthOptions.tiny())
+    return root / "d" / "train_images"
+
+
+def _copy(study_root, tmp_path):
+    dst = tmp_path / "study"
+    shutil.copytree(study_root, dst)
+    scan = scan_path(dst, progress=False)
+    return dst, scan.studies[0]
+
+
+def _rewrite(path, **changes):
+    ds = pydicom.dcmread(path)
+    for key, value in changes.items():
+        if value is None:
+            if key in ds:
+                delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def test_pixel_padding_is_left_out_of_the_window(study_root, tmp_path):
+    _, study = _copy(study_root, tmp_path)
+    inst = study.series_of_kind("axial_t2")[0].instances[3]
+    ds = pydicom.dcmread(inst.path)
+    pixels = ds.pixel_array.copy()
+    yy, xx = np.mgrid[0:ds.Rows, 0:ds.Columns]
+    outside = (yy - ds.Rows / 2) ** 2 + (xx - ds.Columns / 2) ** 2 > (0.45 * ds.Rows) ** 2
+    pixels[outside] = 4095  # bright padding outside a circular field of view, as some scanners do
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.PixelPaddingValue = 4095
+    ds["PixelPaddingValue"].VR = "US"
+    ds.save_as(inst.path, enforce_file_format=True)
+    study = scan_path(inst.path.parent, progress=False).studies[0]
+    again = next(i for s in study.series for i in s.instances if i.sop_uid == inst.sop_uid)
+    assert again.pixel_padding_value == 4095
+    decoded = again.pixel_array()
+    assert np.isnan(decoded[outside]).all() and np.isfinite(decoded[~outside]).all()
+    # The window is the anatomy's: padding neither sets the top of the window nor shows as bright.
+    windowed = window(decoded[None], 0.5, 99.5)[0]
+    expected = window(np.where(outside, np.nan, ds.pixel_array.astype(np.float32))[None], 0.5, 99.5)[0]
+    np.testing.assert_allclose(windowed, expected)
+    assert (windowed[outside] == 0).all()
+    unmasked = window(ds.pixel_array.astype(np.float32)[None], 0.5, 99.5)[0]
+    assert unmasked[~outside].mean() < 0.5 * windowed[~outside].mean()  # what ignoring padding did
+
+
+def test_signed_padding_value_read_by_the_fast_reader_is_signed(tmp_path, study_root):
+    _, study = _copy(study_root, tmp_path)
+    inst = study.series_of_kind("sagittal_t1")[0].instances[0]
+    ds = pydicom.dcmread(inst.path)
+    arr = ds.pixel_array.astype(np.int16) - 100
+    arr[:2, :] = -2000
+    ds.PixelRepresentation = 1
+    ds.PixelData = arr.astype("<i2").tobytes()
+    ds.PixelPaddingValue = -2000
+    ds["PixelPaddingValue"].VR = "SS"
+    ds.save_as(inst.path, enforce_file_format=True)
+    study = scan_path(inst.path, progress=False).studies[0]
+    got = study.series[0].instances[0]
+    assert got.pixel_padding_value == -2000
+    assert np.isnan(got.pixel_array()[:2]).all()
+
+
+def test_missing_pixel_spacing_falls_back_to_imager_pixel_spacing_or_refuses_the_series(study_root, tmp_path):
+    dst, study = _copy(study_root, tmp_path)
+    t2 = study.series_of_kind("sagittal_t2")[0]
+    spacing = t2.pixel_spacing
+    for inst in t2.instances:
+        _rewrite(inst.path, PixelSpacing=None, ImagerPixelSpacing=[f"{v:.6f}" for v in spacing])
+    study = scan_path(dst, progress=False).studies[0]
+    s = study.series_of_kind("sagittal_t2")[0]
+    assert s.problem is None and s.pixel_spacing == pytest.approx(spacing)
+    assert s.instances[0].geometry.pixel_spacing == pytest.approx(spacing)
+    assert any("ImagerPixelSpacing is used" in w for w in s.warnings)
+    selection = select_series(study, ["sagittal_t2"])
+    assert any("ImagerPixelSpacing is used" in w for w in selection.warnings)
+    for inst in t2.instances:
+        _rewrite(inst.path, ImagerPixelSpacing=None)
+    study = scan_path(dst, progress=False).studies[0]
+    s = study.series_of_kind("sagittal_t2")[0]
+    assert s.problem and "pixel size in mm is unknown" in s.problem
+    selection = select_series(study, ["sagittal_t2", "sagittal_t1"])
+    assert "sagittal_t2" not in selection.chosen and "sagittal_t1" in selection.chosen
+    assert any(w.endswith(s.problem) and "is not used" in w for w in selection.warnings), selection.warnings
+
+
+def test_a_three_plane_localizer_stays_mixed(study_root, tmp_path):
+    dst, study = _copy(study_root, tmp_path)
+    ax = study.series_of_kind("axial_t2")[0]
+    sag = study.series_of_kind("sagittal_t2")[0]
+    # Move one sagittal slice into the axial series: two planes in one series.
+    donor = sag.instances[0].path
+    ds = pydicom.dcmread(donor)
+    ds.SeriesInstanceUID = ax.series_uid
+    ds.SOPInstanceUID = ds.SOPInstanceUID[:60] + ".9"
+    ds.Rows, ds.Columns = ax.rows, ax.columns
+    ds.PixelData = np.zeros((ax.rows, ax.columns), "<u2").tobytes()
+    ds.save_as(ax.instances[0].path.parent / "999.dcm", enforce_file_format=True)
+    study = scan_path(dst, progress=False).studies[0]
+    mixed = next(s for s in study.series if s.series_uid == ax.series_uid)
+    assert mixed.plane is Plane.MIXED and mixed.kind.value == "other"
