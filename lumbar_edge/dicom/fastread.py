@@ -11,11 +11,19 @@ It handles files with a preamble and file meta in explicit or implicit VR little
 encapsulated (compressed) syntax. For anything else (big endian, deflate, malformed structure)
 :func:`read_tags` raises :class:`Unhandled` and the caller reads the file with pydicom instead,
 which stays the authority on what is valid DICOM.
+
+pydicom is the arbiter: where this reader returns values, they are the values pydicom reads from
+the same bytes. Wherever pydicom would read the bytes differently (a data set in the other VR
+encoding than its file meta names, an unknown or corrupted VR, a scan tag stored with a VR other
+than its dictionary one, a number pydicom would refuse, text in a character set other than
+ASCII, Latin-1 or UTF-8) this reader raises Unhandled rather than guess. For any bytes it raises
+only Unhandled or Truncated (the fuzz test in tests/dicom checks this).
 """
 from __future__ import annotations
 
+import re
 import struct
-from typing import BinaryIO, Dict, Optional, Tuple
+from typing import BinaryIO, Dict, FrozenSet, Optional, Tuple
 
 #: (group << 16 | element) -> (keyword, VR) of the tags a scan needs (PS3.6).
 TAGS: Dict[int, Tuple[str, str]] = {
@@ -39,13 +47,32 @@ TAGS: Dict[int, Tuple[str, str]] = {
     # reinterprets the two bytes as signed when PixelRepresentation is 1.
     0x00280120: ("PixelPaddingValue", "US"), 0x00280121: ("PixelPaddingRangeLimit", "US"),
 }
-_LAST_TAG = max(TAGS)
+#: Read for the text tags (pydicom always reads it too); not a value the caller sees.
+_CHARSET_TAG = 0x00080005
+#: tag -> the VRs a file may store it with and still be read here: its dictionary VR, UN (which
+#: pydicom reads by the dictionary VR) and SS for the US-or-SS pixel padding tags. Any other VR
+#: (a corrupted one, or OB/SQ/UT where a number belongs) goes to pydicom.
+_FILE_VRS: Dict[int, FrozenSet[bytes]] = {
+    tag: frozenset((vr.encode(), b"UN") + ((b"SS",) if tag in (0x00280120, 0x00280121) else ()))
+    for tag, (_keyword, vr) in TAGS.items()
+}
+_FILE_VRS[_CHARSET_TAG] = frozenset((b"CS", b"UN"))
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _NOT_LITTLE_ENDIAN_STREAM = ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99")  # big endian, deflate
 
 _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+#: The VRs with a 2-byte length (PS3.5 Table 7.1-1 and 7.1-2). Anything else in an explicit VR
+#: element is a corrupted VR: pydicom decides what it means.
+_SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
+#: Text VRs that pydicom decodes with SpecificCharacterSet; every other string VR is decoded as
+#: Latin-1 (pydicom's default encoding).
+_TEXT_VRS = frozenset(("SH", "LO", "ST", "LT", "UC", "UT", "PN"))
+#: SpecificCharacterSet values whose decoding this reader does as pydicom does (PS3.3 C.12.1.1.2).
+_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+_UID = re.compile(r"[0-9.]+")
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
@@ -106,9 +133,16 @@ class Header:
         self.end = 0  # offset where parsing stopped
 
     def values(self) -> Dict[str, object]:
-        """Keyword -> value: int (US, IS), float (DS), str, or a list of those when multi-valued.
-        A number that does not parse stays text (the caller treats it as absent)."""
-        return {kw: _decode(vr, raw) for kw, (vr, raw) in self.raw.items()}
+        """Keyword -> value as pydicom reads it: int (US, IS), float (DS, and IS with a fraction),
+        str, or a list of those when multi-valued; a blank number is its text, as in pydicom.
+
+        Raises Unhandled where pydicom would read a value otherwise: a number it refuses (pydicom
+        raises when that value is used), a US value of odd length, non-ASCII text in a character
+        set other than Latin-1 or UTF-8, or UTF-8 text that does not decode.
+        """
+        charset = self.raw.get("SpecificCharacterSet")
+        encoding = _charset(charset[1]) if charset is not None else "latin-1"
+        return {kw: _decode(vr, raw, encoding) for kw, (vr, raw) in self.raw.items() if kw != "SpecificCharacterSet"}
 
 
 def read_tags(fp: BinaryIO, size: int) -> Header:
@@ -127,8 +161,15 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
     if not ts or ts in _NOT_LITTLE_ENDIAN_STREAM:
         raise Unhandled(f"transfer syntax {ts or 'missing'}")
     implicit = ts == IMPLICIT_LE
+    if pos + 6 <= size:
+        # pydicom trusts the data set over the file meta: when the first element's VR bytes are
+        # two capitals it reads explicit VR, otherwise implicit, whatever the transfer syntax
+        # says (filereader._is_implicit_vr). A file whose meta names the wrong one goes to it.
+        vr = buf.get(pos + 4, 2)
+        if (0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B) == implicit:
+            raise Unhandled("the data set is not in the VR encoding its transfer syntax names")
     data = buf.data
-    tags, pixel_tags, long_vrs = TAGS, _PIXEL_TAGS, _LONG_VRS
+    tags, file_vrs, pixel_tags, long_vrs, short_vrs = TAGS, _FILE_VRS, _PIXEL_TAGS, _LONG_VRS, _SHORT_VRS
     tag_len, u16, u32 = _TAG_LEN.unpack_from, _U16.unpack_from, _U32.unpack_from
     # The hot loop of a scan: locals and unpack_from on the buffer, no per-element calls.
     while pos + 8 <= size:
@@ -146,7 +187,7 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
                     raise Truncated("the file ends inside a header element")
                 length = u32(data, pos + 8)[0]
                 value_pos = pos + 12
-            elif b"AA" <= vr <= b"ZZ":
+            elif vr in short_vrs:
                 length = u16(data, pos + 6)[0]
                 value_pos = pos + 8
             else:
@@ -161,10 +202,12 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
             data = buf.data
             continue
         pos = value_pos + length
-        if tag in tags:
+        if tag in file_vrs:
             if pos > len(data):
                 data = buf.need(pos)
-            keyword, dict_vr = tags[tag]
+            if vr is not None and vr not in file_vrs[tag]:
+                raise Unhandled(f"({group:04X},{elem:04X}) has VR {vr!r}, not its dictionary VR")
+            keyword, dict_vr = tags[tag] if tag != _CHARSET_TAG else ("SpecificCharacterSet", "CS")
             file_vr = dict_vr if vr is None or vr == b"UN" else vr.decode("ascii")
             head.raw[keyword] = (file_vr, data[value_pos:pos])
         elif pos > size:
@@ -185,16 +228,23 @@ def _read_meta(buf: _Buffer, pos: int, head: Header) -> int:
         if vr in _LONG_VRS:
             length = _U32.unpack(buf.get(pos + 8, 4))[0]
             pos += 12
-        elif b"AA" <= vr <= b"ZZ":
+        elif vr in _SHORT_VRS:
             pos += 8
         else:
             raise Unhandled("file meta is not explicit VR")
         if length == _UNDEFINED:
             raise Unhandled("undefined length in file meta")
-        if elem == 0x0010:
-            head.transfer_syntax = _text(buf.get(pos, length))
-        elif elem == 0x0002:
-            head.media_sop_class = _text(buf.get(pos, length))
+        if elem == 0x0010 or elem == 0x0002:
+            if vr != b"UI":
+                raise Unhandled(f"(0002,{elem:04X}) has VR {vr!r}, not UI")
+            # As pydicom reads a UI: Latin-1, trailing NULs and spaces dropped.
+            uid = buf.get(pos, length).decode("latin-1").rstrip("\x00 ")
+            if uid and not _UID.fullmatch(uid):
+                raise Unhandled(f"(0002,{elem:04X}) is not a UID")
+            if elem == 0x0010:
+                head.transfer_syntax = uid
+            else:
+                head.media_sop_class = uid
         pos += length
     raise Truncated("the file ends inside its file meta information")
 
@@ -232,7 +282,7 @@ def _skip_dataset(buf: _Buffer, pos: int, implicit: bool, depth: int) -> int:
             if vr in _LONG_VRS:
                 length = _U32.unpack(buf.get(pos + 8, 4))[0]
                 value_pos = pos + 12
-            elif b"AA" <= vr <= b"ZZ":
+            elif vr in _SHORT_VRS:
                 length = _U16.unpack(tag_bytes[6:8])[0]
                 value_pos = pos + 8
             else:
@@ -243,36 +293,95 @@ def _skip_dataset(buf: _Buffer, pos: int, implicit: bool, depth: int) -> int:
             pos = value_pos + length
 
 
-def _text(raw: bytes) -> str:
-    # Text values are padded with a space (or NUL for UIDs) to an even length.
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    return text.strip(" \x00")
+def _charset(raw: bytes) -> Optional[str]:
+    """The Python codec pydicom decodes text VRs with for this SpecificCharacterSet value; None
+    for any other character set (its non-ASCII text goes to pydicom)."""
+    return _CHARSETS.get(raw.decode("latin-1").rstrip(" \x00"))
 
 
-def _number(raw: bytes, vr: str):
-    """The DS/IS value(s) as float/int (a list when multi-valued), or None when it is not plain
-    numbers; decoding them here saves a text round trip per value on the scan's hot path."""
+def _strings(text: str):
+    """pydicom's split of a string value: trailing padding dropped, one str or a list."""
+    parts = text.rstrip(" \x00").split("\\")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _text(raw: bytes, vr: str, encoding: Optional[str]):
+    """A string value as pydicom reads it (values.convert_text / convert_string / convert_UI):
+    text VRs decoded with the data set's character set and each value's trailing NULs and
+    spaces dropped; other string VRs decoded as Latin-1."""
+    if vr not in _TEXT_VRS:
+        return _strings(raw.decode("latin-1"))
+    if raw.isascii() and b"\x1b" not in raw:
+        text = raw.decode("ascii")
+    elif encoding is None:
+        raise Unhandled("non-ASCII text in a character set this reader does not decode")
+    else:
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise Unhandled(f"text that is not valid {encoding}") from exc
+    parts = [part.rstrip("\x00 ") for part in text.split("\\")]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _float_item(item: str):
+    if not item.strip():
+        return item  # pydicom keeps a blank value as its text
     try:
-        if b"\\" in raw:
-            return [float(part) for part in raw.split(b"\\")]
-        return float(raw) if vr == "DS" else int(raw)
+        return float(item)
+    except ValueError as exc:
+        raise Unhandled(f"DS value {item!r} that pydicom refuses") from exc
+
+
+def _int_item(item: str):
+    if not item.strip():
+        return item
+    try:
+        return int(item)
     except ValueError:
-        return None
+        pass
+    try:
+        number = float(item)
+        whole = int(number)  # OverflowError / ValueError for inf / nan, as in pydicom's IS
+    except (ValueError, OverflowError) as exc:
+        raise Unhandled(f"IS value {item!r} that pydicom refuses") from exc
+    return whole if whole == number else number
 
 
-def _decode(vr: str, raw: bytes):
+def _number_as_pydicom(raw: bytes, vr: str):
+    """A DS/IS value read exactly as pydicom reads it (values.convert_DS_string /
+    convert_IS_string and the DS/IS classes), for the values the fast parse refused: padding
+    NULs, blank values, non-integer IS."""
+    text = raw.decode("latin-1")
+    if vr == "DS":
+        text = text.strip()
+    parts = text.rstrip(" \x00").split("\\")
+    convert = _float_item if vr == "DS" else _int_item
+    values = [convert(part) for part in parts]
+    return values[0] if len(values) == 1 else values
+
+
+def _decode(vr: str, raw: bytes, encoding: Optional[str] = "latin-1"):
+    """One raw value as pydicom reads it; raises Unhandled where this reader cannot match it."""
     if vr == "US" or vr == "SS":
-        if len(raw) < 2:
+        if len(raw) % 2:
+            raise Unhandled(f"{vr} value of odd length {len(raw)}")
+        if not raw:
             return None
         return (_U16 if vr == "US" else _S16).unpack(raw[:2])[0]
-    if vr == "DS" or vr == "IS":
-        number = _number(raw, vr)
-        if number is not None:
-            return number
-    text = _text(raw)
-    if "\\" in text:
-        return [part.strip(" \x00") for part in text.split("\\")]
-    return text
+    if vr == "DS":
+        # The common case first: plain numbers, which float() reads exactly as pydicom's DS does.
+        try:
+            if b"\\" in raw:
+                return [float(part) for part in raw.split(b"\\")]
+            return float(raw)
+        except ValueError:
+            return _number_as_pydicom(raw, vr)
+    if vr == "IS":
+        if b"\\" not in raw:
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+        return _number_as_pydicom(raw, vr)
+    return _text(raw, vr, encoding)
