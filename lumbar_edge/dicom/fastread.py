@@ -198,7 +198,7 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
             head.end = pos
             return head
         if length == _UNDEFINED:
-            pos = _skip_items(buf, value_pos, implicit, depth=0)
+            pos = _skip_undefined(buf, tag, vr, value_pos, implicit, depth=0)
             data = buf.data
             continue
         pos = value_pos + length
@@ -249,9 +249,33 @@ def _read_meta(buf: _Buffer, pos: int, head: Header) -> int:
     raise Truncated("the file ends inside its file meta information")
 
 
+def _skip_undefined(buf: _Buffer, tag: int, vr: Optional[bytes], value_pos: int, implicit: bool, depth: int) -> int:
+    """Skip an undefined-length element whose value starts at ``value_pos``; return the offset
+    after it. pydicom parses it as a sequence when its VR is SQ (explicit UN too, PS3.5 6.2.2;
+    in implicit VR: when the dictionary says SQ, or the tag is unknown and an item follows) and
+    otherwise scans the bytes for a sequence delimiter: this reader walks the sequences and
+    hands the rest to pydicom."""
+    if vr is not None:
+        if vr != b"SQ" and vr != b"UN":
+            raise Unhandled(f"undefined length with VR {vr!r}")
+    else:
+        # Only implicit VR files with undefined-length elements pay for importing pydicom here.
+        from pydicom.datadict import dictionary_VR
+
+        try:
+            is_sequence = dictionary_VR(tag) == "SQ"
+        except KeyError:
+            is_sequence = _TAG_LEN.unpack(buf.get(value_pos, 8))[:2] == (0xFFFE, 0xE000)
+        if not is_sequence:
+            raise Unhandled("undefined-length value that is not a sequence")
+    return _skip_items(buf, value_pos, implicit, depth)
+
+
 def _skip_items(buf: _Buffer, pos: int, implicit: bool, depth: int) -> int:
-    """Skip the items of an undefined-length sequence (or encapsulated pixel data, which has the
-    same item structure) starting at ``pos``; return the offset after its delimiter."""
+    """Walk the items of an undefined-length sequence starting at ``pos``; return the offset
+    after its delimiter. pydicom parses such a sequence whole (even when it was not asked for
+    it), so every item's elements are walked too: what pydicom might read otherwise (a stray
+    tag, an element crossing its item's end, a corrupted VR) raises Unhandled."""
     if depth > 16:
         raise Unhandled("sequences nested too deep")
     while True:
@@ -259,22 +283,28 @@ def _skip_items(buf: _Buffer, pos: int, implicit: bool, depth: int) -> int:
         tag = group << 16 | elem
         pos += 8
         if tag == _SEQ_END:
+            if length:
+                raise Unhandled(f"sequence delimiter with length {length} at offset {pos - 8}")
             return pos
         if tag != _ITEM:
             raise Unhandled(f"expected a sequence item at offset {pos - 8}")
-        if length != _UNDEFINED:
-            pos += length
-        else:
-            pos = _skip_dataset(buf, pos, implicit, depth + 1)
+        pos = _skip_dataset(buf, pos, None if length == _UNDEFINED else pos + length, implicit, depth + 1)
 
 
-def _skip_dataset(buf: _Buffer, pos: int, implicit: bool, depth: int) -> int:
-    """Skip the elements of an undefined-length item up to and past its item delimiter."""
-    while True:
+def _skip_dataset(buf: _Buffer, pos: int, end: Optional[int], implicit: bool, depth: int) -> int:
+    """Walk the elements of an item from ``pos``: up to ``end`` for a defined-length item (its
+    elements must fill it exactly), else up to and past its item delimiter."""
+    while end is None or pos < end:
         tag_bytes = buf.get(pos, 8)
         group, elem, length = _TAG_LEN.unpack(tag_bytes)
-        if (group << 16 | elem) == _ITEM_END:
+        tag = group << 16 | elem
+        if tag == _ITEM_END:
+            if end is not None or length:
+                raise Unhandled(f"unexpected item delimiter at offset {pos}")
             return pos + 8
+        if tag == _ITEM or tag == _SEQ_END:
+            raise Unhandled(f"item tag among the elements of an item at offset {pos}")
+        vr = None
         if implicit:
             value_pos = pos + 8
         else:
@@ -288,9 +318,12 @@ def _skip_dataset(buf: _Buffer, pos: int, implicit: bool, depth: int) -> int:
             else:
                 raise Unhandled(f"invalid VR at offset {pos}")
         if length == _UNDEFINED:
-            pos = _skip_items(buf, value_pos, implicit, depth + 1)
+            pos = _skip_undefined(buf, tag, vr, value_pos, implicit, depth + 1)
         else:
             pos = value_pos + length
+    if pos != end:
+        raise Unhandled(f"an element crosses the end of its item at offset {end}")
+    return pos
 
 
 def _charset(raw: bytes) -> Optional[str]:

@@ -32,7 +32,8 @@ _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_DATA = 0x7FE00010
 _ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
 _ITEM_HEADER = struct.Struct("<HHL")
-_VR_32BIT_LENGTH = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+#: The VRs a pixel data element (float and double float pixel data included) may have.
+_PIXEL_VRS = frozenset((b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"))
 
 #: Why a file is skipped: (category, one-line reason).
 Skip = Tuple[str, str]
@@ -248,24 +249,25 @@ def _pixel_element_check(fp, ds, size: int) -> Optional[Skip]:
 
     ``dcmread(stop_before_pixels=True)`` leaves the file positioned at the element that stopped
     it, so reading that element's tag and length here costs one small read, not the pixels.
+    The element's own bytes say whether it is explicit VR: pydicom reads a data set in the VR
+    encoding it finds, not the one its file meta names (``ds.original_encoding``).
     """
     where = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
         return _pixel_verdict(None, 0, 0, 0, where, size, fp)
-    implicit, little = ds.original_encoding
-    if implicit is None:
-        implicit, little = False, True
-    end = "<" if little else ">"
+    _implicit, little = ds.original_encoding
+    end = "<" if little is not False else ">"
     group, elem = struct.unpack(end + "HH", head[:4])
-    if implicit:
-        length, header = struct.unpack(end + "L", head[4:8])[0], 8
-    elif head[4:6] in _VR_32BIT_LENGTH:
+    # An implicit VR length whose first two bytes spell a pixel VR would be odd (its low byte
+    # 0x4F or 0x55): never a pixel data length. pydicom ignores the two reserved bytes after
+    # the VR, so this does too.
+    if head[4:6] in _PIXEL_VRS:
         if len(head) < 12:
             return "truncated", "truncated inside the pixel data element"
         length, header = struct.unpack(end + "L", head[8:12])[0], 12
     else:
-        length, header = struct.unpack(end + "H", head[6:8])[0], 8
+        length, header = struct.unpack(end + "L", head[4:8])[0], 8
     return _pixel_verdict(group << 16 | elem, where, header, length, where, size, fp)
 
 
@@ -349,10 +351,14 @@ def _file_type(mode: int) -> str:
 
 
 def _sop_name(uid: str) -> str:
+    """The UID's name for a skip reason, or the UID itself made printable (a corrupted one can
+    hold any bytes, and a reason is one line)."""
     from pydicom.uid import UID
 
     name = UID(uid).name if uid else ""
-    return name if name and name != uid else (uid or "unknown SOP class")
+    text = name if name and name != uid else (uid or "unknown SOP class")
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _first_line(exc: BaseException) -> str:
