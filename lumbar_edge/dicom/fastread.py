@@ -358,39 +358,41 @@ def _text(raw: bytes, vr: str, encoding: Optional[str]):
 
 
 def _float_item(item: str):
-    if not item.strip():
-        return item  # pydicom keeps a blank value as its text
-    try:
-        return float(item)
-    except ValueError as exc:
-        raise Unhandled(f"DS value {item!r} that pydicom refuses") from exc
+    """One DS value as pydicom's DS class makes it: float, or the text when blank; raises
+    ValueError where pydicom does."""
+    return float(item) if item.strip() else item
 
 
 def _int_item(item: str):
+    """One IS value as pydicom's IS class makes it: int, float when it has a fraction, the text
+    when blank; raises ValueError where pydicom does, Unhandled for an infinite value (pydicom
+    raises OverflowError from reading it)."""
     if not item.strip():
         return item
     try:
         return int(item)
     except ValueError:
-        pass
-    try:
         number = float(item)
-        whole = int(number)  # OverflowError / ValueError for inf / nan, as in pydicom's IS
-    except (ValueError, OverflowError) as exc:
-        raise Unhandled(f"IS value {item!r} that pydicom refuses") from exc
+    try:
+        whole = int(number)
+    except OverflowError as exc:
+        raise Unhandled(f"IS value {item!r} that pydicom cannot read") from exc
     return whole if whole == number else number
 
 
-def _number_as_pydicom(raw: bytes, vr: str):
-    """A DS/IS value read exactly as pydicom reads it (values.convert_DS_string /
-    convert_IS_string and the DS/IS classes), for the values the fast parse refused: padding
-    NULs, blank values, non-integer IS."""
+def _number_as_pydicom(raw: bytes, vr: str, encoding: Optional[str]):
+    """A DS/IS value read exactly as pydicom reads it, for the values the fast parse refused
+    (padding NULs, blank values, a fraction in an IS, junk): values.convert_DS_string /
+    convert_IS_string, and where those raise ValueError, pydicom's retry as SH
+    (values.convert_value), which keeps the text of each value."""
     text = raw.decode("latin-1")
     if vr == "DS":
         text = text.strip()
     parts = text.rstrip(" \x00").split("\\")
-    convert = _float_item if vr == "DS" else _int_item
-    values = [convert(part) for part in parts]
+    try:
+        values = [_float_item(part) if vr == "DS" else _int_item(part) for part in parts]
+    except ValueError:
+        return _text(raw, "SH", encoding)
     return values[0] if len(values) == 1 else values
 
 
@@ -409,12 +411,12 @@ def _decode(vr: str, raw: bytes, encoding: Optional[str] = "latin-1"):
                 return [float(part) for part in raw.split(b"\\")]
             return float(raw)
         except ValueError:
-            return _number_as_pydicom(raw, vr)
+            return _number_as_pydicom(raw, vr, encoding)
     if vr == "IS":
         if b"\\" not in raw:
             try:
                 return int(raw)
             except ValueError:
                 pass
-        return _number_as_pydicom(raw, vr)
+        return _number_as_pydicom(raw, vr, encoding)
     return _text(raw, vr, encoding)
