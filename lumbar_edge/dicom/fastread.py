@@ -53,10 +53,10 @@ _CHARSET_TAG = 0x00080005
 #: pydicom reads by the dictionary VR) and SS for the US-or-SS pixel padding tags. Any other VR
 #: (a corrupted one, or OB/SQ/UT where a number belongs) goes to pydicom.
 _FILE_VRS: Dict[int, FrozenSet[bytes]] = {
-    tag: frozenset((vr.encode(), b"UN") + ((b"SS",) if tag in (0x00280120, 0x00280121) else ()))
-    for tag, (_keyword, vr) in TAGS.items()
+    **{tag: frozenset((vr.encode(), b"UN") + ((b"SS",) if tag in (0x00280120, 0x00280121) else ()))
+       for tag, (_keyword, vr) in TAGS.items()},
+    _CHARSET_TAG: frozenset((b"CS", b"UN")),
 }
-_FILE_VRS[_CHARSET_TAG] = frozenset((b"CS", b"UN"))
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -344,7 +344,9 @@ def _text(raw: bytes, vr: str, encoding: Optional[str]):
     spaces dropped; other string VRs decoded as Latin-1."""
     if vr not in _TEXT_VRS:
         return _strings(raw.decode("latin-1"))
-    if raw.isascii() and b"\x1b" not in raw:
+    if b"\x1b" in raw:
+        raise Unhandled("text with ISO 2022 escape sequences")  # pydicom switches encodings at each
+    if raw.isascii():
         text = raw.decode("ascii")
     elif encoding is None:
         raise Unhandled("non-ASCII text in a character set this reader does not decode")

@@ -64,7 +64,7 @@ def test_mutated_files_never_break_the_reader_and_records_match_pydicom(tmp_path
     fast_records = outcomes["fast:record"]
     pydicom_records = outcomes["unhandled:record"]
     truncated = sum(n for outcome, n in outcomes.items() if outcome.endswith(":truncated"))
-    assert fast_records >= executed // 20 and pydicom_records >= executed // 20 and truncated >= executed // 20, outcomes
+    assert min(fast_records, pydicom_records, truncated) >= executed // 20, outcomes
     assert sum(n for outcome, n in outcomes.items() if outcome.startswith("unhandled:")) >= executed // 5, outcomes
 
 
