@@ -7,6 +7,7 @@ writes anything.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat
@@ -300,10 +301,10 @@ def _fragment_check(fp, start: int, size: int) -> Optional[Skip]:
     when the structure is whole and holds a fragment, else why not. One 8-byte read per item,
     so a scan learns that a file was cut inside its compressed frames without reading them.
     Item headers are little endian in every encapsulated transfer syntax."""
+    read_at = _reader_at(fp)
     pos, fragments = start, -1  # the first item is the Basic Offset Table, not a fragment
     while True:
-        fp.seek(pos)
-        head = fp.read(8)
+        head = read_at(pos, 8)
         if len(head) < 8:
             where = "its Basic Offset Table" if fragments < 0 else f"{fragments} fragment(s)"
             return "truncated", (f"truncated: the file ends after {where} of the compressed pixel data, "
@@ -324,6 +325,23 @@ def _fragment_check(fp, start: int, size: int) -> Optional[Skip]:
             return "truncated", (f"truncated: {what} of the compressed pixel data is {length} bytes, "
                                  f"the file ends {pos - size} bytes short")
         fragments += 1
+
+
+def _reader_at(fp):
+    """``read_at(offset, n)``: n bytes of ``fp`` at ``offset``. os.pread where the file has a
+    descriptor: one system call, where a seek makes a buffered file refill its whole buffer."""
+    try:
+        fd = fp.fileno() if hasattr(os, "pread") else None
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fd = None
+    if fd is not None:
+        return lambda offset, n: os.pread(fd, n, offset)
+
+    def read_at(offset: int, n: int) -> bytes:
+        fp.seek(offset)
+        return fp.read(n)
+
+    return read_at
 
 
 def _deflated_pixel_check(path: str) -> Optional[Skip]:
