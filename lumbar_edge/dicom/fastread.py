@@ -21,7 +21,6 @@ only Unhandled or Truncated (the fuzz test in tests/dicom checks this).
 """
 from __future__ import annotations
 
-import re
 import struct
 from typing import BinaryIO, Dict, FrozenSet, Optional, Tuple
 
@@ -49,13 +48,12 @@ TAGS: Dict[int, Tuple[str, str]] = {
 }
 #: Read for the text tags (pydicom always reads it too); not a value the caller sees.
 _CHARSET_TAG = 0x00080005
-#: tag -> the VRs a file may store it with and still be read here: its dictionary VR, UN (which
-#: pydicom reads by the dictionary VR) and SS for the US-or-SS pixel padding tags. Any other VR
-#: (a corrupted one, or OB/SQ/UT where a number belongs) goes to pydicom.
-_FILE_VRS: Dict[int, FrozenSet[bytes]] = {
-    **{tag: frozenset((vr.encode(), b"UN") + ((b"SS",) if tag in (0x00280120, 0x00280121) else ()))
-       for tag, (_keyword, vr) in TAGS.items()},
-    _CHARSET_TAG: frozenset((b"CS", b"UN")),
+#: tag -> (keyword, dictionary VR, the VRs a file may store it with and still be read here): its
+#: dictionary VR, UN (which pydicom reads by the dictionary VR) and SS for the US-or-SS pixel
+#: padding tags. Any other VR (a corrupted one, or OB/SQ/UT where a number belongs) goes to pydicom.
+_KEEP: Dict[int, Tuple[str, str, FrozenSet[bytes]]] = {
+    tag: (keyword, vr, frozenset((vr.encode(), b"UN") + ((b"SS",) if tag in (0x00280120, 0x00280121) else ())))
+    for tag, (keyword, vr) in {**TAGS, _CHARSET_TAG: ("SpecificCharacterSet", "CS")}.items()
 }
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -72,7 +70,6 @@ _SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", 
 _TEXT_VRS = frozenset(("SH", "LO", "ST", "LT", "UC", "UT", "PN"))
 #: SpecificCharacterSet values whose decoding this reader does as pydicom does (PS3.3 C.12.1.1.2).
 _CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
-_UID = re.compile(r"[0-9.]+")
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
@@ -169,7 +166,7 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
         if (0x40 < vr[0] < 0x5B and 0x40 < vr[1] < 0x5B) == implicit:
             raise Unhandled("the data set is not in the VR encoding its transfer syntax names")
     data = buf.data
-    tags, file_vrs, pixel_tags, long_vrs, short_vrs = TAGS, _FILE_VRS, _PIXEL_TAGS, _LONG_VRS, _SHORT_VRS
+    keep, pixel_tags, long_vrs, short_vrs = _KEEP, _PIXEL_TAGS, _LONG_VRS, _SHORT_VRS
     tag_len, u16, u32 = _TAG_LEN.unpack_from, _U16.unpack_from, _U32.unpack_from
     # The hot loop of a scan: locals and unpack_from on the buffer, no per-element calls.
     while pos + 8 <= size:
@@ -202,12 +199,12 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
             data = buf.data
             continue
         pos = value_pos + length
-        if tag in file_vrs:
+        if tag in keep:
             if pos > len(data):
                 data = buf.need(pos)
-            if vr is not None and vr not in file_vrs[tag]:
+            keyword, dict_vr, file_vrs = keep[tag]
+            if vr is not None and vr not in file_vrs:
                 raise Unhandled(f"({group:04X},{elem:04X}) has VR {vr!r}, not its dictionary VR")
-            keyword, dict_vr = tags[tag] if tag != _CHARSET_TAG else ("SpecificCharacterSet", "CS")
             file_vr = dict_vr if vr is None or vr == b"UN" else vr.decode("ascii")
             head.raw[keyword] = (file_vr, data[value_pos:pos])
         elif pos > size:
@@ -239,7 +236,7 @@ def _read_meta(buf: _Buffer, pos: int, head: Header) -> int:
                 raise Unhandled(f"(0002,{elem:04X}) has VR {vr!r}, not UI")
             # As pydicom reads a UI: Latin-1, trailing NULs and spaces dropped.
             uid = buf.get(pos, length).decode("latin-1").rstrip("\x00 ")
-            if uid and not _UID.fullmatch(uid):
+            if uid.strip("0123456789."):
                 raise Unhandled(f"(0002,{elem:04X}) is not a UID")
             if elem == 0x0010:
                 head.transfer_syntax = uid
@@ -332,18 +329,9 @@ def _charset(raw: bytes) -> Optional[str]:
     return _CHARSETS.get(raw.decode("latin-1").rstrip(" \x00"))
 
 
-def _strings(text: str):
-    """pydicom's split of a string value: trailing padding dropped, one str or a list."""
-    parts = text.rstrip(" \x00").split("\\")
-    return parts[0] if len(parts) == 1 else parts
-
-
 def _text(raw: bytes, vr: str, encoding: Optional[str]):
-    """A string value as pydicom reads it (values.convert_text / convert_string / convert_UI):
-    text VRs decoded with the data set's character set and each value's trailing NULs and
-    spaces dropped; other string VRs decoded as Latin-1."""
-    if vr not in _TEXT_VRS:
-        return _strings(raw.decode("latin-1"))
+    """A text VR's value as pydicom reads it (values.convert_text): decoded with the data set's
+    character set, each value's trailing NULs and spaces dropped."""
     if b"\x1b" in raw:
         raise Unhandled("text with ISO 2022 escape sequences")  # pydicom switches encodings at each
     if raw.isascii():
@@ -355,8 +343,9 @@ def _text(raw: bytes, vr: str, encoding: Optional[str]):
             text = raw.decode(encoding)
         except UnicodeDecodeError as exc:
             raise Unhandled(f"text that is not valid {encoding}") from exc
-    parts = [part.rstrip("\x00 ") for part in text.split("\\")]
-    return parts[0] if len(parts) == 1 else parts
+    if "\\" not in text:
+        return text.rstrip("\x00 ")
+    return [part.rstrip("\x00 ") for part in text.split("\\")]
 
 
 def _float_item(item: str):
@@ -400,12 +389,6 @@ def _number_as_pydicom(raw: bytes, vr: str, encoding: Optional[str]):
 
 def _decode(vr: str, raw: bytes, encoding: Optional[str] = "latin-1"):
     """One raw value as pydicom reads it; raises Unhandled where this reader cannot match it."""
-    if vr == "US" or vr == "SS":
-        if len(raw) % 2:
-            raise Unhandled(f"{vr} value of odd length {len(raw)}")
-        if not raw:
-            return None
-        return (_U16 if vr == "US" else _S16).unpack(raw[:2])[0]
     if vr == "DS":
         # The common case first: plain numbers, which float() reads exactly as pydicom's DS does.
         try:
@@ -414,6 +397,12 @@ def _decode(vr: str, raw: bytes, encoding: Optional[str] = "latin-1"):
             return float(raw)
         except ValueError:
             return _number_as_pydicom(raw, vr, encoding)
+    if vr == "US" or vr == "SS":
+        if len(raw) % 2:
+            raise Unhandled(f"{vr} value of odd length {len(raw)}")
+        if not raw:
+            return None
+        return (_U16 if vr == "US" else _S16).unpack_from(raw)[0]
     if vr == "IS":
         if b"\\" not in raw:
             try:
@@ -421,4 +410,9 @@ def _decode(vr: str, raw: bytes, encoding: Optional[str] = "latin-1"):
             except ValueError:
                 pass
         return _number_as_pydicom(raw, vr, encoding)
-    return _text(raw, vr, encoding)
+    if vr in _TEXT_VRS:
+        return _text(raw, vr, encoding)
+    # Other string VRs (CS, UI, DA ...): Latin-1, pydicom's default encoding
+    # (values.convert_string / convert_UI), trailing padding dropped.
+    text = raw.decode("latin-1").rstrip(" \x00")
+    return text.split("\\") if "\\" in text else text
