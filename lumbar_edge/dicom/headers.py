@@ -33,8 +33,7 @@ _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_DATA = 0x7FE00010
 _ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
 _ITEM_HEADER = struct.Struct("<HHL")
-#: The VRs a pixel data element (float and double float pixel data included) may have.
-_PIXEL_VRS = frozenset((b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"))
+_VR_32BIT_LENGTH = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 #: Why a file is skipped: (category, one-line reason).
 Skip = Tuple[str, str]
@@ -250,26 +249,48 @@ def _pixel_element_check(fp, ds, size: int) -> Optional[Skip]:
 
     ``dcmread(stop_before_pixels=True)`` leaves the file positioned at the element that stopped
     it, so reading that element's tag and length here costs one small read, not the pixels.
-    The element's own bytes say whether it is explicit VR: pydicom reads a data set in the VR
-    encoding it finds, not the one its file meta names (``ds.original_encoding``).
+    The element is parsed as pydicom parses it: in the VR encoding pydicom found for the data
+    set (not necessarily the one its file meta names, :func:`_found_implicit`), with pydicom's
+    rules for the VR bytes (filereader.data_element_generator).
     """
     where = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
         return _pixel_verdict(None, 0, 0, 0, where, size, fp)
-    _implicit, little = ds.original_encoding
+    implicit, little = ds.original_encoding
     end = "<" if little is not False else ">"
     group, elem = struct.unpack(end + "HH", head[:4])
-    # An implicit VR length whose first two bytes spell a pixel VR would be odd (its low byte
-    # 0x4F or 0x55): never a pixel data length. pydicom ignores the two reserved bytes after
-    # the VR, so this does too.
-    if head[4:6] in _PIXEL_VRS:
+    vr = head[4:6]
+    if _found_implicit(_reader_at(fp), bool(implicit)) or not (b"AA" <= vr <= b"ZZ"):
+        length, header = struct.unpack(end + "L", head[4:8])[0], 8
+    elif vr in _VR_32BIT_LENGTH:
         if len(head) < 12:
-            return "truncated", "truncated inside the pixel data element"
+            return "truncated", "truncated: the file ends inside the pixel data element's header"
         length, header = struct.unpack(end + "L", head[8:12])[0], 12
     else:
-        length, header = struct.unpack(end + "L", head[4:8])[0], 8
+        length, header = struct.unpack(end + "H", head[6:8])[0], 8
     return _pixel_verdict(group << 16 | elem, where, header, length, where, size, fp)
+
+
+def _found_implicit(read_at, assumed: bool) -> bool:
+    """Whether pydicom read the data set as implicit VR: it looks at the VR bytes of the data
+    set's first element, after the file meta, and trusts them over the transfer syntax (two
+    capitals: explicit; filereader._is_implicit_vr). ``assumed`` when there is no element."""
+    pos = 132
+    while True:  # the file meta: explicit VR little endian, group 0002
+        head = read_at(pos, 12)
+        if len(head) < 8 or head[:2] != b"\x02\x00":
+            break
+        if head[4:6] in _VR_32BIT_LENGTH:
+            if len(head) < 12:
+                return assumed
+            pos += 12 + struct.unpack_from("<L", head, 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", head, 6)[0]
+    first = read_at(pos + 4, 2)
+    if len(first) < 2:
+        return assumed
+    return not (0x40 < first[0] < 0x5B and 0x40 < first[1] < 0x5B)
 
 
 def _pixel_verdict(tag: Optional[int], offset: int, header: int, length: int, end: int, size: int,

@@ -54,8 +54,9 @@ def test_mutated_files_never_break_the_reader_and_records_match_pydicom(tmp_path
         try:
             outcomes[check(data, tmp_path / "case.dcm")] += 1
         except Exception as exc:  # noqa: BLE001 - any failure is reported with how to replay it
-            raise AssertionError(f"seed {SEED}, case {executed} (a mutation of {name!r}): "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            (tmp_path / "failure.dcm").write_bytes(data)
+            raise AssertionError(f"seed {SEED}, case {executed} (a mutation of {name!r}, kept as "
+                                 f"{tmp_path / 'failure.dcm'}): {type(exc).__name__}: {exc}") from exc
         executed += 1
     with capsys.disabled():
         print(f"\nheader fuzz: {executed} executions, seed {SEED}, outcomes {dict(sorted(outcomes.items()))}")

@@ -114,6 +114,15 @@ def _corpus(dcm, folder: Path):
         "GB18030 text": (_write(dcm, folder / "gb.dcm", SpecificCharacterSet="GB18030", SeriesDescription="矢状"),
                          False),
     }
+    # The pixel data element as pydicom parses it: a (corrupted) VR UC in an explicit VR file,
+    # and, read by pydicom (GB18030 text), an implicit VR length whose first bytes spell "DA".
+    pixel = plain.rindex(b"\xe0\x7f\x10\x00OW")
+    corpus["pixel data with VR UC"] = (plain[:pixel + 4] + b"UC" + plain[pixel + 6:], True)
+    ds = dcm.make_dataset(study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.6", rows=2, cols=4177)
+    ds.SpecificCharacterSet, ds.SeriesDescription = "GB18030", "矢状"
+    data = dcm.save(ds, folder / "da.dcm", uid.ImplicitVRLittleEndian).read_bytes()
+    assert data[data.rindex(b"\xe0\x7f\x10\x00") + 4:][:4] == b"DA\x00\x00"  # 16708 bytes
+    corpus["implicit VR pixel length spelling DA"] = (data, False)
     # Undefined-length sequences holding scan tags, in both encodings (nothing may leak out),
     # and one cut short inside an item (pydicom refuses what the fast reader cannot skip).
     item = Dataset()
@@ -177,6 +186,7 @@ def test_what_pydicom_makes_of_the_hard_cases(tmp_path, dcm):
     assert read("UTF-8 text").series_description == "Sägittal ü"
     assert read("GB18030 text").series_description == "矢状"
     assert read("odd-length US")[0] == "corrupt"
+    assert (read("implicit VR pixel length spelling DA").rows, read("pixel data with VR UC").rows) == (2, 8)
     # Numbers pydicom cannot convert are its text: usable where the text still is a number.
     assert read("NUL between DS values").pixel_spacing == (0.5, 0.5)
     assert read("NUL inside a DS value").slice_thickness is None
