@@ -15,7 +15,6 @@ import struct
 from pathlib import Path
 from typing import Dict, List
 
-import pydicom
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
