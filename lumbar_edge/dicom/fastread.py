@@ -117,7 +117,7 @@ class Header:
     (VR, bytes)), and where the pixel data element is (None when the file has none)."""
 
     __slots__ = ("transfer_syntax", "media_sop_class", "raw", "pixel_tag", "pixel_offset", "pixel_header",
-                 "pixel_length", "end")
+                 "pixel_length", "end", "prefix")
 
     def __init__(self) -> None:
         self.transfer_syntax = ""
@@ -128,6 +128,9 @@ class Header:
         self.pixel_header = 0
         self.pixel_length = 0
         self.end = 0  # offset where parsing stopped
+        #: The file's first bytes as read (at least up to the pixel data element's header): the
+        #: caller's pixel checks look there before reading the file again.
+        self.prefix = b""
 
     def values(self) -> Dict[str, object]:
         """Keyword -> value as pydicom reads it: int (US, IS), float (DS, and IS with a fraction),
@@ -192,7 +195,7 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
         if tag in pixel_tags:
             head.pixel_tag, head.pixel_offset = tag, pos
             head.pixel_header, head.pixel_length = value_pos - pos, length
-            head.end = pos
+            head.end, head.prefix = pos, data
             return head
         if length == _UNDEFINED:
             pos = _skip_undefined(buf, tag, vr, value_pos, implicit, depth=0)

@@ -136,7 +136,7 @@ def read_header(path: str) -> Union[HeaderRecord, Skip]:
                 fp.seek(0)
                 return _read_with_pydicom(fp, path, st.st_size)
             pixel = _pixel_verdict(head.pixel_tag, head.pixel_offset, head.pixel_header, head.pixel_length,
-                                   head.end, st.st_size, fp)
+                                   head.end, st.st_size, fp, head.prefix)
     except PermissionError:
         return "unreadable", "permission denied"
     except IsADirectoryError:
@@ -294,12 +294,12 @@ def _found_implicit(read_at, assumed: bool) -> bool:
 
 
 def _pixel_verdict(tag: Optional[int], offset: int, header: int, length: int, end: int, size: int,
-                   fp=None) -> Optional[Skip]:
+                   fp=None, prefix: bytes = b"") -> Optional[Skip]:
     """None when the pixel data element (``tag`` at ``offset``, ``header`` bytes before a value
     of ``length``) is usable as far as its size tells, else why not. ``end``: where header
     parsing stopped, used when there is no pixel element. With the open file ``fp``, encapsulated
-    pixel data has its item structure checked (:func:`_fragment_check`); raises OSError only
-    when reading ``fp`` fails."""
+    pixel data has its item structure checked (:func:`_fragment_check`; ``prefix``: the file's
+    first bytes where already read); raises OSError only when reading ``fp`` fails."""
     if tag is None:
         if end > size:
             return "truncated", f"truncated: the header runs {end - size} bytes past the end of the file"
@@ -309,20 +309,22 @@ def _pixel_verdict(tag: Optional[int], offset: int, header: int, length: int, en
     if length == 0:
         return "no_pixel_data", "empty pixel data"
     if length == 0xFFFFFFFF:  # encapsulated (compressed) frames: their items, not their bytes
-        return _fragment_check(fp, offset + header, size) if fp is not None else None
+        return _fragment_check(fp, offset + header, size, prefix) if fp is not None else None
     missing = offset + header + length - size
     if missing > 0:
         return "truncated", f"truncated: pixel data is {length} bytes, the file ends {missing} bytes short"
     return None
 
 
-def _fragment_check(fp, start: int, size: int) -> Optional[Skip]:
+def _fragment_check(fp, start: int, size: int, prefix: bytes = b"") -> Optional[Skip]:
     """Walk the items of encapsulated pixel data from ``start`` (the Basic Offset Table item, the
     fragment items, the sequence delimiter; PS3.5 A.4), seeking over each item's value: None
     when the structure is whole and holds a fragment, else why not. One 8-byte read per item,
     so a scan learns that a file was cut inside its compressed frames without reading them.
-    Item headers are little endian in every encapsulated transfer syntax."""
-    read_at = _reader_at(fp)
+    Item headers are little endian in every encapsulated transfer syntax. Headers within
+    ``prefix`` (the file's first bytes, already read) are taken from it: a single-frame file's
+    Basic Offset Table and fragment item usually are, and only the delimiter is read."""
+    read_at = _reader_at(fp, prefix)
     pos, fragments = start, -1  # the first item is the Basic Offset Table, not a fragment
     while True:
         head = read_at(pos, 8)
@@ -348,17 +350,20 @@ def _fragment_check(fp, start: int, size: int) -> Optional[Skip]:
         fragments += 1
 
 
-def _reader_at(fp):
-    """``read_at(offset, n)``: n bytes of ``fp`` at ``offset``. os.pread where the file has a
-    descriptor: one system call, where a seek makes a buffered file refill its whole buffer."""
+def _reader_at(fp, prefix: bytes = b""):
+    """``read_at(offset, n)``: n bytes of ``fp`` at ``offset``, from ``prefix`` (the file's first
+    bytes) where they lie in it, else read: os.pread where the file has a descriptor (one system
+    call, where a seek makes a buffered file refill its whole buffer)."""
     try:
         fd = fp.fileno() if hasattr(os, "pread") else None
     except (AttributeError, OSError, io.UnsupportedOperation):
         fd = None
-    if fd is not None:
-        return lambda offset, n: os.pread(fd, n, offset)
 
     def read_at(offset: int, n: int) -> bytes:
+        if offset + n <= len(prefix):
+            return prefix[offset:offset + n]
+        if fd is not None:
+            return os.pread(fd, n, offset)
         fp.seek(offset)
         return fp.read(n)
 
