@@ -52,8 +52,11 @@ EXTRAS = {
     # The fastest CPU engine on x86 (the openvino backend); reads the bundle's ONNX files.
     "openvino": ["openvino>=2024.4"],
     "dev": ["pytest>=7"],
+    # CI's coverage-guided fuzz of the DICOM header reader (tests/dicom/atheris_headers.py).
+    "fuzz": ["atheris>=2.3"],
 }
-EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps if "tensorrt" not in dep and "pycuda" not in dep})
+EXTRAS["all"] = sorted({dep for name, deps in EXTRAS.items() if name != "fuzz" for dep in deps
+                        if "tensorrt" not in dep and "pycuda" not in dep})
 
 setup(
     name="lumbar-edge",

@@ -7,6 +7,7 @@ writes anything.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat
@@ -30,6 +31,8 @@ HEADER_KEYWORDS: Tuple[str, ...] = (
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_DATA = 0x7FE00010
+_ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
+_ITEM_HEADER = struct.Struct("<HHL")
 _VR_32BIT_LENGTH = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
 #: Why a file is skipped: (category, one-line reason).
@@ -96,7 +99,12 @@ class HeaderRecord(NamedTuple):
 
 def read_header(path: str) -> Union[HeaderRecord, Skip]:
     """Read the scan tags of the file at ``path``; a HeaderRecord, or (category, reason) when
-    the file cannot be used. Never raises for bad files (only for bugs)."""
+    the file cannot be used. Never raises, whatever the file's bytes.
+
+    The fast reader (:mod:`.fastread`) reads plain little-endian files; everything it does not
+    read exactly as pydicom would goes to pydicom, so both paths give the same record. Compressed
+    (encapsulated) pixel data is checked item by item without reading the fragments: a file cut
+    inside them is ``truncated``, a broken item structure ``corrupt``."""
     try:
         st = os.stat(path)  # follows a symbolic link to what it points at
     except FileNotFoundError:
@@ -114,23 +122,29 @@ def read_header(path: str) -> Union[HeaderRecord, Skip]:
         with open(path, "rb") as fp:
             try:
                 head = read_tags(fp, st.st_size)
+                values = head.values()
             except Unhandled:
-                # Not a plain little-endian file: pydicom decides (and is imported only then, so
-                # a scan of ordinary files does not pay for importing it).
+                # Not a file the fast reader reads as pydicom would: pydicom decides (and is
+                # imported only then, so a scan of ordinary files does not pay for importing it).
                 fp.seek(0)
                 return _read_with_pydicom(fp, path, st.st_size)
             except Truncated as exc:
                 return "truncated", f"truncated: {exc}"
+            except Exception:  # noqa: BLE001 - a bug in the fast reader must not stop a batch
+                # It raises only Unhandled/Truncated for any bytes (the fuzz test holds it to
+                # that); were a bug left, pydicom, the arbiter, reads the file instead.
+                fp.seek(0)
+                return _read_with_pydicom(fp, path, st.st_size)
+            pixel = _pixel_verdict(head.pixel_tag, head.pixel_offset, head.pixel_header, head.pixel_length,
+                                   head.end, st.st_size, fp, head.prefix)
     except PermissionError:
         return "unreadable", "permission denied"
     except IsADirectoryError:
         return "not_regular", "is a folder"
     except OSError as exc:
         return "unreadable", f"cannot read: {exc.strerror or exc}"
-    pixel = _pixel_verdict(head.pixel_tag, head.pixel_offset, head.pixel_header, head.pixel_length, head.end,
-                           st.st_size)
     try:
-        return _record(path, head.values(), head.transfer_syntax, head.media_sop_class, pixel)
+        return _record(path, values, head.transfer_syntax, head.media_sop_class, pixel)
     except Exception as exc:  # noqa: BLE001 - a malformed value must skip the file, whatever it raises
         return "corrupt", f"malformed header value ({type(exc).__name__}: {_first_line(exc)})"
 
@@ -235,31 +249,57 @@ def _pixel_element_check(fp, ds, size: int) -> Optional[Skip]:
 
     ``dcmread(stop_before_pixels=True)`` leaves the file positioned at the element that stopped
     it, so reading that element's tag and length here costs one small read, not the pixels.
+    The element is parsed as pydicom parses it: in the VR encoding pydicom found for the data
+    set (not necessarily the one its file meta names, :func:`_found_implicit`), with pydicom's
+    rules for the VR bytes (filereader.data_element_generator).
     """
     where = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
-        return _pixel_verdict(None, 0, 0, 0, where, size)
+        return _pixel_verdict(None, 0, 0, 0, where, size, fp)
     implicit, little = ds.original_encoding
-    if implicit is None:
-        implicit, little = False, True
-    end = "<" if little else ">"
+    end = "<" if little is not False else ">"
     group, elem = struct.unpack(end + "HH", head[:4])
-    if implicit:
+    vr = head[4:6]
+    if _found_implicit(_reader_at(fp), bool(implicit)) or not (b"AA" <= vr <= b"ZZ"):
         length, header = struct.unpack(end + "L", head[4:8])[0], 8
-    elif head[4:6] in _VR_32BIT_LENGTH:
+    elif vr in _VR_32BIT_LENGTH:
         if len(head) < 12:
-            return "truncated", "truncated inside the pixel data element"
+            return "truncated", "truncated: the file ends inside the pixel data element's header"
         length, header = struct.unpack(end + "L", head[8:12])[0], 12
     else:
         length, header = struct.unpack(end + "H", head[6:8])[0], 8
-    return _pixel_verdict(group << 16 | elem, where, header, length, where, size)
+    return _pixel_verdict(group << 16 | elem, where, header, length, where, size, fp)
 
 
-def _pixel_verdict(tag: Optional[int], offset: int, header: int, length: int, end: int, size: int) -> Optional[Skip]:
+def _found_implicit(read_at, assumed: bool) -> bool:
+    """Whether pydicom read the data set as implicit VR: it looks at the VR bytes of the data
+    set's first element, after the file meta, and trusts them over the transfer syntax (two
+    capitals: explicit; filereader._is_implicit_vr). ``assumed`` when there is no element."""
+    pos = 132
+    while True:  # the file meta: explicit VR little endian, group 0002
+        head = read_at(pos, 12)
+        if len(head) < 8 or head[:2] != b"\x02\x00":
+            break
+        if head[4:6] in _VR_32BIT_LENGTH:
+            if len(head) < 12:
+                return assumed
+            pos += 12 + struct.unpack_from("<L", head, 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", head, 6)[0]
+    first = read_at(pos + 4, 2)
+    if len(first) < 2:
+        return assumed
+    return not (0x40 < first[0] < 0x5B and 0x40 < first[1] < 0x5B)
+
+
+def _pixel_verdict(tag: Optional[int], offset: int, header: int, length: int, end: int, size: int,
+                   fp=None, prefix: bytes = b"") -> Optional[Skip]:
     """None when the pixel data element (``tag`` at ``offset``, ``header`` bytes before a value
     of ``length``) is usable as far as its size tells, else why not. ``end``: where header
-    parsing stopped, used when there is no pixel element."""
+    parsing stopped, used when there is no pixel element. With the open file ``fp``, encapsulated
+    pixel data has its item structure checked (:func:`_fragment_check`; ``prefix``: the file's
+    first bytes where already read); raises OSError only when reading ``fp`` fails."""
     if tag is None:
         if end > size:
             return "truncated", f"truncated: the header runs {end - size} bytes past the end of the file"
@@ -268,12 +308,66 @@ def _pixel_verdict(tag: Optional[int], offset: int, header: int, length: int, en
         return "unsupported", f"float pixel data ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not supported"
     if length == 0:
         return "no_pixel_data", "empty pixel data"
-    if length == 0xFFFFFFFF:  # encapsulated (compressed) frames: checked when decoded
-        return None
+    if length == 0xFFFFFFFF:  # encapsulated (compressed) frames: their items, not their bytes
+        return _fragment_check(fp, offset + header, size, prefix) if fp is not None else None
     missing = offset + header + length - size
     if missing > 0:
         return "truncated", f"truncated: pixel data is {length} bytes, the file ends {missing} bytes short"
     return None
+
+
+def _fragment_check(fp, start: int, size: int, prefix: bytes = b"") -> Optional[Skip]:
+    """Walk the items of encapsulated pixel data from ``start`` (the Basic Offset Table item, the
+    fragment items, the sequence delimiter; PS3.5 A.4), seeking over each item's value: None
+    when the structure is whole and holds a fragment, else why not. One 8-byte read per item,
+    so a scan learns that a file was cut inside its compressed frames without reading them.
+    Item headers are little endian in every encapsulated transfer syntax. Headers within
+    ``prefix`` (the file's first bytes, already read) are taken from it: a single-frame file's
+    Basic Offset Table and fragment item usually are, and only the delimiter is read."""
+    read_at = _reader_at(fp, prefix)
+    pos, fragments = start, -1  # the first item is the Basic Offset Table, not a fragment
+    while True:
+        head = read_at(pos, 8)
+        if len(head) < 8:
+            where = "its Basic Offset Table" if fragments < 0 else f"{fragments} fragment(s)"
+            return "truncated", (f"truncated: the file ends after {where} of the compressed pixel data, "
+                                 "before its sequence delimiter")
+        group, elem, length = _ITEM_HEADER.unpack(head)
+        tag = group << 16 | elem
+        if tag == _SEQ_DELIMITER and fragments >= 0:
+            if fragments == 0:
+                return "no_pixel_data", "compressed pixel data without any fragment"
+            return None
+        if tag != _ITEM or length == 0xFFFFFFFF:
+            what = "the Basic Offset Table item" if fragments < 0 else "a fragment item or the sequence delimiter"
+            return "corrupt", (f"malformed compressed pixel data: ({group:04X},{elem:04X}) at offset {pos} "
+                               f"where {what} belongs")
+        pos += 8 + length
+        if pos > size:
+            what = "its Basic Offset Table" if fragments < 0 else f"fragment {fragments + 1}"
+            return "truncated", (f"truncated: {what} of the compressed pixel data is {length} bytes, "
+                                 f"the file ends {pos - size} bytes short")
+        fragments += 1
+
+
+def _reader_at(fp, prefix: bytes = b""):
+    """``read_at(offset, n)``: n bytes of ``fp`` at ``offset``, from ``prefix`` (the file's first
+    bytes) where they lie in it, else read: os.pread where the file has a descriptor (one system
+    call, where a seek makes a buffered file refill its whole buffer)."""
+    try:
+        fd = fp.fileno() if hasattr(os, "pread") else None
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fd = None
+
+    def read_at(offset: int, n: int) -> bytes:
+        if offset + n <= len(prefix):
+            return prefix[offset:offset + n]
+        if fd is not None:
+            return os.pread(fd, n, offset)
+        fp.seek(offset)
+        return fp.read(n)
+
+    return read_at
 
 
 def _deflated_pixel_check(path: str) -> Optional[Skip]:
@@ -301,10 +395,14 @@ def _file_type(mode: int) -> str:
 
 
 def _sop_name(uid: str) -> str:
+    """The UID's name for a skip reason, or the UID itself made printable (a corrupted one can
+    hold any bytes, and a reason is one line)."""
     from pydicom.uid import UID
 
     name = UID(uid).name if uid else ""
-    return name if name and name != uid else (uid or "unknown SOP class")
+    text = name if name and name != uid else (uid or "unknown SOP class")
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _first_line(exc: BaseException) -> str:

@@ -83,13 +83,22 @@ def to_float(stored: np.ndarray, slope: float, intercept: float, photometric: st
     return out
 
 
+def _one_line(exc: BaseException) -> str:
+    """The exception's text on one line: pydicom puts each plugin's reason on its own line after
+    'exceptions were raised by all available plugins:', and that reason is the useful part."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines) if lines else "no detail"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def decode_instance(instance) -> np.ndarray:
     """Decode ``instance`` (a :class:`~lumbar_edge.dicom.Instance`) to float32 [rows, columns],
     padding pixels (PixelPaddingValue) set to NaN.
 
     Raises MissingDependencyError when no installed plugin decodes its transfer syntax (the
-    message names ``lumbar-edge[codecs]``), DicomError when the file cannot be read, its pixel
-    data cannot be decoded, or the decoded image does not have the size the header gave.
+    message names ``lumbar-edge[codecs]``), DicomError (one line, with the reason: the file is
+    truncated inside its pixel data, the codec's own error ...) when the file cannot be read, its
+    pixel data cannot be decoded, or the decoded image does not have the size the header gave.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -103,12 +112,17 @@ def decode_instance(instance) -> np.ndarray:
     except (InvalidDicomError, OSError, EOFError) as exc:
         raise DicomError(f"{path}: cannot read the file: {exc}") from exc
     if "PixelData" not in ds:
-        raise DicomError(f"{path}: the file has no pixel data")
+        # pydicom drops a pixel data element that the file ends inside (with a warning), so
+        # "no pixel data" would hide the real reason: the scan's checks name it.
+        from .headers import read_header
+
+        verdict = read_header(str(path))
+        reason = verdict[1] if isinstance(verdict, tuple) else "the file has no pixel data"
+        raise DicomError(f"{path}: {reason}")
     try:
         stored = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data
-        raise DicomError(f"{path}: cannot decode the pixel data ({type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from exc
+        raise DicomError(f"{path}: cannot decode the pixel data ({type(exc).__name__}: {_one_line(exc)})") from exc
     if stored.shape != (instance.rows, instance.columns):
         raise DicomError(f"{path}: decoded image is {'x'.join(map(str, stored.shape))}, "
                          f"the header says {instance.rows}x{instance.columns}")
