@@ -87,6 +87,11 @@ class SeriesPlan:
     #: False for a series the labels are not placed on (the stopped or earlier repeat of a
     #: sagittal T2): labels go on the series a reader would use.
     labelled: bool = True
+    #: (flip rows, flip columns) of the stored slices against ``render_geometry``, the plain
+    #: orientation they are rendered in: a study stored flipped (another patient position) holds
+    #: the plain study's very pixels, moved, so its points can be compared exactly.
+    stored_flips: Tuple[bool, bool] = (False, False)
+    render_geometry: Optional[SeriesGeometry] = None
 
     @property
     def description(self) -> str:
@@ -442,6 +447,7 @@ def _apply_variant(variant: Variant, series: List[SeriesPlan], rng: np.random.Ge
         extra.append(earlier)
     out = out + extra
     if variant.patient_position != "HFS":
-        out = [dataclasses.replace(s, geometry=flip_geometry(s.geometry, *storage_flips(variant.patient_position, s.kind)))
+        out = [dataclasses.replace(s, geometry=flip_geometry(s.geometry, *storage_flips(variant.patient_position, s.kind)),
+                                   stored_flips=storage_flips(variant.patient_position, s.kind), render_geometry=s.geometry)
                for s in out]
     return out

@@ -41,8 +41,13 @@ def render_study(seed: int, index: int, options: Optional[SynthOptions] = None,
     # one series are joined in instance order.
     parts: Dict[int, list] = {}
     for s in plan.series:
-        parts.setdefault(s.series_id, []).append((s.first_instance, render_series(plan.anatomy, s.geometry,
-                                                                                 s.acquisition, rng)))
+        pixels = render_series(plan.anatomy, s.render_geometry or s.geometry, s.acquisition, rng)
+        flip_rows, flip_columns = s.stored_flips
+        if flip_rows:
+            pixels = pixels[:, ::-1, :]
+        if flip_columns:
+            pixels = pixels[:, :, ::-1]
+        parts.setdefault(s.series_id, []).append((s.first_instance, np.ascontiguousarray(pixels)))
     images = {sid: (p[0][1] if len(p) == 1 else np.concatenate([a for _, a in sorted(p, key=lambda t: t[0])]))
               for sid, p in parts.items()}
     return RenderedStudy(plan, images)

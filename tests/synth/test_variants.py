@@ -69,6 +69,20 @@ def test_flipped_storage_keeps_every_pixel_in_its_place_in_patient_space():
             np.testing.assert_allclose(f.pixel_points(1), want, atol=1e-3)
 
 
+def test_a_study_stored_for_another_patient_position_holds_the_plain_pixels_moved():
+    plain = render_study(5, 3, TINY)
+    ffp = render_study(5, 3, TINY.replace(patient_position="FFP"))
+    for s in plain.plan.series:
+        assert np.array_equal(ffp.images[s.series_id], plain.images[s.series_id][:, ::-1, ::-1])
+    # The labels are on the stored grid: the same instance, the pixel counted from the other corner.
+    for a, b in zip(plain.plan.labels, ffp.plan.labels):
+        s = plain.plan.series_of(plain.plan.series_of("axial_t2").kind if "subarticular" in a.condition else
+                                 {"spinal_canal_stenosis": "sagittal_t2"}.get(a.condition, "sagittal_t1"))
+        assert b.instance_number == a.instance_number
+        assert b.x == pytest.approx(s.geometry.cols - 1 - a.x, abs=1e-6)
+        assert b.y == pytest.approx(s.geometry.rows - 1 - a.y, abs=1e-6)
+
+
 def test_the_realistic_mix_has_its_proportions_in_any_run_of_studies():
     for seed in (0, 7, 2026):
         vs = [draw_realistic(seed, i) for i in range(60, 90)]
