@@ -86,17 +86,31 @@ def to_float(stored: np.ndarray, slope: float, intercept: float, photometric: st
 def decode_instance(instance) -> np.ndarray:
     """Decode ``instance`` (a :class:`~lumbar_edge.dicom.Instance`) to float32 [rows, columns].
 
+    For a frame of a multi-frame file (``instance.frame`` set), only that frame is read and
+    decoded, with that frame's rescale (the instance's values, from its functional groups).
+
     Raises MissingDependencyError when no installed plugin decodes its transfer syntax (the
     message names ``lumbar-edge[codecs]``), DicomError when the file cannot be read, its pixel
     data cannot be decoded, or the decoded image does not have the size the header gave.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     problem = codec_problem(instance.transfer_syntax_uid)
     if problem is not None:
         raise problem
-    path = instance.path
+    frame = getattr(instance, "frame", None)
+    stored = _decode_stored(instance.path) if frame is None else _decode_frame(instance.path, frame)
+    if stored.shape != (instance.rows, instance.columns):
+        where = "" if frame is None else f" frame {frame + 1}"
+        raise DicomError(f"{instance.path}{where}: decoded image is {'x'.join(map(str, stored.shape))}, "
+                         f"the header says {instance.rows}x{instance.columns}")
+    return to_float(stored, float(instance.rescale_slope), float(instance.rescale_intercept),
+                    instance.photometric, instance.bits_stored, instance.pixel_representation)
+
+
+def _decode_stored(path) -> np.ndarray:
+    """The stored values of the single-frame file at ``path``."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, EOFError) as exc:
@@ -104,12 +118,32 @@ def decode_instance(instance) -> np.ndarray:
     if "PixelData" not in ds:
         raise DicomError(f"{path}: the file has no pixel data")
     try:
-        stored = ds.pixel_array
+        return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data
-        raise DicomError(f"{path}: cannot decode the pixel data ({type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from exc
-    if stored.shape != (instance.rows, instance.columns):
-        raise DicomError(f"{path}: decoded image is {'x'.join(map(str, stored.shape))}, "
-                         f"the header says {instance.rows}x{instance.columns}")
-    return to_float(stored, float(instance.rescale_slope), float(instance.rescale_intercept),
-                    instance.photometric, instance.bits_stored, instance.pixel_representation)
+        raise DicomError(f"{path}: cannot decode the pixel data ({_detail(exc)})") from exc
+
+
+def _decode_frame(path, frame: int) -> np.ndarray:
+    """The stored values of 0-based ``frame`` of the multi-frame file at ``path``, reading that
+    frame's bytes only (pydicom's ``pixel_array(file, index=...)`` skips the other frames and
+    the functional group sequences). A deflated file has to be inflated whole first."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import pixel_array
+
+    where = f"{path} frame {frame + 1}"
+    try:
+        with open(path, "rb") as fp:
+            meta = pydicom.filereader.read_file_meta_info(path)
+            if str(meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+                return pixel_array(pydicom.dcmread(fp), index=frame)
+            return pixel_array(fp, index=frame)
+    except (InvalidDicomError, OSError, EOFError) as exc:
+        raise DicomError(f"{where}: cannot read the file: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data
+        raise DicomError(f"{where}: cannot decode the pixel data ({_detail(exc)})") from exc
+
+
+def _detail(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else 'no detail'}"
