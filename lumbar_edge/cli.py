@@ -50,11 +50,17 @@ def scan(path: Path, as_json: bool, workers: Optional[int], quiet: bool) -> None
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None, help="Processes used to render studies (default: CPU count).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quiet: bool) -> None:
+@click.option("--enhanced-mr", is_flag=True, help="Write each series as one Enhanced MR multi-frame file.")
+@click.option("--transfer-syntax", type=click.Choice(["explicit", "implicit", "deflated", "jpeg2000", "jpegls", "rle"]),
+              default=None, help="Re-encode every file in this transfer syntax (lossless; default explicit VR LE).")
+def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quiet: bool, enhanced_mr: bool,
+          transfer_syntax: Optional[str]) -> None:
     """Write synthetic lumbar-spine MRI studies in the RSNA 2024 layout (demo and test data)."""
     from .synth import synthesize
+    from .synth.transcode import postprocess_dataset
 
     summary = synthesize(out_dir, n_studies=n_studies, seed=seed, workers=workers, progress=not quiet)
+    postprocess_dataset(out_dir, enhanced_mr=enhanced_mr, transfer_syntax=transfer_syntax or "")
     click.echo(summary.describe())
 
 

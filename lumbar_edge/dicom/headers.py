@@ -267,6 +267,8 @@ def _frame_records(path: str, ds, ts: str, media_class: str, pixel: Optional[Ski
     if len(per_frame) and len(per_frame) != frames:
         return "corrupt", (f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for "
                            f"NumberOfFrames {frames}")
+    if not base.sequence_name:  # Enhanced MR names the sequence in PulseSequenceName
+        base = base._replace(sequence_name=_text(ds.get("PulseSequenceName")))
     missing = _native_frames_missing(ds, ts, base, frames, pixel_length)
     if missing:
         return "truncated", missing
