@@ -252,18 +252,19 @@ def _frame_records(path: str, ds, ts: str, media_class: str, pixel: Optional[Ski
                    pixel_length: Optional[int]) -> Union[List[HeaderRecord], Skip]:
     """One record per frame of the multi-frame dataset ``ds`` (read without its pixel data);
     ``pixel_length``: the native pixel data's length in bytes (None when encapsulated)."""
+    frames = _int(ds.get("NumberOfFrames")) or 1
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if frames > 1 and not len(per_frame):
+        # Not an Enhanced object (e.g. a multi-frame Secondary Capture): no per-frame geometry.
+        return "unsupported", (f"multi-frame image ({frames} frames) without per-frame functional groups "
+                               f"is not supported")
     base = _record(path, _DatasetValues(ds), ts, media_class, pixel, multi_frame=True)
     if not isinstance(base, HeaderRecord):
         return base
-    frames = _int(ds.get("NumberOfFrames")) or 1
     if frames > MAX_FRAMES:
         return "unsupported", f"multi-frame image of {frames} frames (more than {MAX_FRAMES})"
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     shared_seq = ds.get("SharedFunctionalGroupsSequence") or []
     shared = shared_seq[0] if len(shared_seq) else None
-    if frames > 1 and not len(per_frame):
-        return "unsupported", (f"multi-frame image ({frames} frames) without per-frame functional groups "
-                               f"is not supported")
     if len(per_frame) and len(per_frame) != frames:
         return "corrupt", (f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for "
                            f"NumberOfFrames {frames}")
