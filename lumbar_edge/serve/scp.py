@@ -97,8 +97,7 @@ def refused_context_reasons(contexts, accepted_syntaxes: List[str]) -> List[str]
     for cx in contexts:
         what = _uid_name(cx.abstract_syntax)
         if cx.result == 0x03:
-            why = ("SOP class not supported here (accepted: MR, Enhanced MR and Legacy Converted Enhanced MR "
-                   "Image Storage, and Verification)")
+            why = f"SOP class not supported here (accepted: {ACCEPTED_CLASSES})"
         elif cx.result == 0x04:
             proposed = ", ".join(_uid_name(ts) for ts in cx.transfer_syntax) or "none"
             why = (f"none of its transfer syntaxes ({proposed}) can be decoded here (accepted: "
@@ -107,6 +106,35 @@ def refused_context_reasons(contexts, accepted_syntaxes: List[str]) -> List[str]
             why = cx.status
         out.append(f"{what}: {why}")
     return out
+
+
+ACCEPTED_CLASSES = "MR, Enhanced MR and Legacy Converted Enhanced MR Image Storage, and Verification"
+#: At most this many refused SOP classes are named in the log line of one association (dcmtk's
+#: storescu proposes every storage class it knows unless told -R: over a hundred).
+_NAMED_CLASSES = 8
+
+
+def log_refused_contexts(sid: str, calling: str, assoc, syntaxes: List[str]) -> None:
+    """Log why presentation contexts of an accepted association were refused: a warning naming
+    each MR context refused for its transfer syntaxes (or everything, when nothing was accepted
+    and the association is aborted); the SOP classes not supported here on one info line."""
+    rejected = list(assoc.rejected_contexts)
+    if not rejected:
+        return
+    if not assoc.accepted_contexts:
+        log.warning("association %s from %s: no presentation context accepted, so the association is aborted; "
+                    "refused: %s", sid, calling, "; ".join(refused_context_reasons(rejected, syntaxes)))
+        return
+    by_syntax = [cx for cx in rejected if cx.result != 0x03]
+    if by_syntax:
+        log.warning("association %s from %s: refused presentation context(s): %s", sid, calling,
+                    "; ".join(refused_context_reasons(by_syntax, syntaxes)))
+    by_class = sorted({_uid_name(cx.abstract_syntax) for cx in rejected if cx.result == 0x03})
+    if by_class:
+        named = ", ".join(by_class[:_NAMED_CLASSES]) + (
+            f" and {len(by_class) - _NAMED_CLASSES} more" if len(by_class) > _NAMED_CLASSES else "")
+        log.info("association %s from %s: %d presentation context(s) refused, SOP class not supported here "
+                 "(accepted: %s): %s", sid, calling, len(by_class), ACCEPTED_CLASSES, named)
 
 
 class StorageSCP:
@@ -172,12 +200,7 @@ class StorageSCP:
         self.tracker.open_session(sid, calling)
         log.info("association %s from %s (%s:%s) accepted", sid, calling, assoc.requestor.address,
                  assoc.requestor.port)
-        refused = refused_context_reasons(assoc.rejected_contexts, self._syntaxes)
-        if refused:
-            outcome = ("" if assoc.accepted_contexts else
-                       "; no presentation context is left, so the association is aborted")
-            log.warning("association %s from %s: refused presentation context(s): %s%s", sid, calling,
-                        "; ".join(refused), outcome)
+        log_refused_contexts(sid, calling, assoc, self._syntaxes)
 
     def _on_rejected(self, event) -> None:
         assoc = event.assoc

@@ -4,8 +4,9 @@ tests and ``lumbar-edge synth --transfer-syntax NAME``): what a PACS export look
 Compressed syntaxes are encoded by pydicom's ``Dataset.compress`` with the installed encoder
 plugins (pylibjpeg-openjpeg for JPEG 2000, pyjpegls for JPEG-LS, pydicom or pylibjpeg-rle for
 RLE); the deflated syntax is written by pydicom's writer. Lossless syntaxes only: the pixels
-decode to exactly what was written, so a transcoded study grades as the original. Multi-frame
-files are encoded frame by frame.
+decode to exactly what was written, so a transcoded study grades as the original, and every
+file keeps its SOPInstanceUID (a lossless change of transfer syntax is the same instance).
+Multi-frame files are encoded frame by frame.
 """
 from __future__ import annotations
 
@@ -52,8 +53,9 @@ def transcode_file(src: Union[str, os.PathLike], dest: Union[str, os.PathLike], 
     if "PixelData" not in ds:
         raise InputError(f"{src}: no pixel data to re-encode")
     current = pydicom.uid.UID(ds.file_meta.TransferSyntaxUID)
+    # Lossless re-encoding keeps the SOP instance (pydicom would draw a new SOPInstanceUID).
     if current.is_compressed:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)
     if uid in _NATIVE:
         ds.file_meta.TransferSyntaxUID = uid
     else:
@@ -76,7 +78,7 @@ def _compress(ds, uid, src) -> None:
     if not encoder.is_available:
         raise MissingDependencyError(f"encoding {uid.name}", ["pylibjpeg-openjpeg", "pyjpegls"], "codecs")
     try:
-        ds.compress(uid)
+        ds.compress(uid, generate_instance_uid=False)
     except (ValueError, RuntimeError) as exc:
         raise InputError(f"{src}: cannot encode as {uid.name}: {exc}") from exc
 

@@ -69,11 +69,10 @@ def test_a_study_mixing_classic_and_enhanced_series_scans_whole(classic_study, t
     mixed = tmp_path / "mixed"
     shutil.copytree(classic_study, mixed)
     sagittal = sorted(p for p in mixed.iterdir())[0]
-    convert_study_dir = tmp_path / "one.dcm"
-    convert_series(sagittal, convert_study_dir)
+    one = convert_series(sagittal, tmp_path / "one.dcm")
     for f in sagittal.iterdir():
         f.unlink()
-    shutil.move(convert_study_dir, sagittal / "1.dcm")
+    shutil.move(one, sagittal / "1.dcm")
     plain, scanned = scan_path(classic_study), scan_path(mixed)
     assert [_series_facts(s) for s in scanned.studies[0].series] == [_series_facts(s) for s in plain.studies[0].series]
     frames = [s for s in scanned.studies[0].series if s.instances[0].frame is not None]
@@ -189,7 +188,9 @@ def test_transcode_refuses_unknown_names_and_keeps_the_source(classic_study, tmp
     before = src.read_bytes()
     out = transcode_file(src, tmp_path / "x.dcm", "rle")
     assert src.read_bytes() == before
-    assert pydicom.dcmread(out).file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES["rle"]
+    written = pydicom.dcmread(out)
+    assert written.file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES["rle"]
+    assert written.SOPInstanceUID == pydicom.dcmread(src).SOPInstanceUID  # lossless: the same instance
     record = read_header(str(out))
     assert isinstance(record, HeaderRecord) and record.frame is None
 
