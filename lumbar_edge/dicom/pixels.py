@@ -5,6 +5,7 @@ pydicom itself; JPEG, JPEG-LS and JPEG 2000 need a pydicom decoder plugin (pylib
 libjpeg/openjpeg plugins, pyjpegls), installed by the ``codecs`` extra. Whether a plugin is there
 is asked of pydicom's decoder registry (``pydicom.pixels.get_decoder(uid).is_available``) before
 the file is read, so a missing codec is a clear MissingDependencyError, not a decoding failure.
+A frame of a multi-frame (Enhanced MR) file is decoded alone: only its bytes are read.
 """
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ def decode_instance(instance) -> np.ndarray:
     if problem is not None:
         raise problem
     frame = getattr(instance, "frame", None)
-    stored = _decode_stored(instance.path) if frame is None else _decode_frame(instance.path, frame)
+    stored = (_decode_stored(instance.path) if frame is None
+              else _decode_frame(instance.path, frame, instance.transfer_syntax_uid))
     if stored.shape != (instance.rows, instance.columns):
         where = "" if frame is None else f" frame {frame + 1}"
         raise DicomError(f"{instance.path}{where}: decoded image is {'x'.join(map(str, stored.shape))}, "
@@ -123,7 +125,7 @@ def _decode_stored(path) -> np.ndarray:
         raise DicomError(f"{path}: cannot decode the pixel data ({_detail(exc)})") from exc
 
 
-def _decode_frame(path, frame: int) -> np.ndarray:
+def _decode_frame(path, frame: int, transfer_syntax_uid: str) -> np.ndarray:
     """The stored values of 0-based ``frame`` of the multi-frame file at ``path``, reading that
     frame's bytes only (pydicom's ``pixel_array(file, index=...)`` skips the other frames and
     the functional group sequences). A deflated file has to be inflated whole first."""
@@ -134,8 +136,7 @@ def _decode_frame(path, frame: int) -> np.ndarray:
     where = f"{path} frame {frame + 1}"
     try:
         with open(path, "rb") as fp:
-            meta = pydicom.filereader.read_file_meta_info(path)
-            if str(meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+            if transfer_syntax_uid == "1.2.840.10008.1.2.1.99":  # deflated
                 return pixel_array(pydicom.dcmread(fp), index=frame)
             return pixel_array(fp, index=frame)
     except (InvalidDicomError, OSError, EOFError) as exc:
