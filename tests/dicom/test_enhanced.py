@@ -49,6 +49,8 @@ def test_an_enhanced_mr_series_scans_to_the_slices_of_its_classic_series(classic
     assert all(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID == ENHANCED_MR_STORAGE for f in files)
     plain, enh = scan_path(classic_study), scan_path(enhanced)
     assert not enh.skipped and len(enh.studies) == 1
+    listed = enh.to_dict()["studies"][0]["series"][0]["instances"]  # `scan --json` names each frame
+    assert sorted(i["frame"] for i in listed) == list(range(len(listed)))
     assert enh.studies[0].study_id == plain.studies[0].study_id  # the RSNA ids survive (1.dcm per series)
     for a, b in zip(plain.studies[0].series, enh.studies[0].series):
         assert _series_facts(a) == _series_facts(b)
