@@ -52,13 +52,16 @@ def _findings_by_slice(sr, files):
 
 def test_enhanced_mr_and_jpeg2000_studies_are_answered_with_sr_and_secondary_captures(
         listener, make_studies, tmp_path):
-    # make_studies clones its two source studies in turn: s000 and s002 are one source study,
-    # s001 and s003 the other.
-    plain_a, plain_b, enhanced, j2k = make_studies(4)
+    # make_studies clones its two source studies in turn: s000, s002 and s004 are one source
+    # study, s001 and s003 the other. ``jpeg_sv1`` is compressed by dcmtk's dcmcjpeg (JPEG
+    # Lossless, first-order prediction, which pydicom cannot encode) and sent with -xs.
+    plain_a, plain_b, enhanced, j2k, jpeg_sv1 = make_studies(5)
+    for path in sorted(jpeg_sv1["folder"].rglob("*.dcm")):
+        subprocess.run([tool("dcmcjpeg"), str(path), str(path)], check=True, capture_output=True, timeout=60)
     convert_study(enhanced["folder"])
     enhanced["sop_uids"] = [ds.SOPInstanceUID for ds in _files(enhanced["folder"]).values()]
     transcode_tree(j2k["folder"], "jpeg2000")
-    studies = (enhanced, j2k, plain_a, plain_b)
+    studies = (enhanced, j2k, jpeg_sv1, plain_a, plain_b)
     pacs = Pacs(tmp_path / "pacs").start()
     try:
         from lumbar_edge.serve import parse_forward
@@ -66,7 +69,8 @@ def test_enhanced_mr_and_jpeg2000_studies_are_answered_with_sr_and_secondary_cap
 
         with listener(forward=parse_forward(pacs.target), keep_spool=True) as server:
             spool = server.config.spool
-            for sent, options in ((enhanced, ()), (j2k, ("-xv",)), (plain_a, ()), (plain_b, ())):
+            for sent, options in ((enhanced, ()), (j2k, ("-xv",)), (jpeg_sv1, ("-xs",)), (plain_a, ()),
+                                  (plain_b, ())):
                 proc = storescu_with(server.port, sent["folder"], *options)
                 assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -77,12 +81,14 @@ def test_enhanced_mr_and_jpeg2000_studies_are_answered_with_sr_and_secondary_cap
     finally:
         pacs.stop()
     # Stored as received: the multi-frame objects whole, the JPEG 2000 files still JPEG 2000.
-    kept = {sent["study_uid"]: _files(spool / "studies" / sent["study_uid"]) for sent in (enhanced, j2k)}
+    kept = {sent["study_uid"]: _files(spool / "studies" / sent["study_uid"]) for sent in (enhanced, j2k, jpeg_sv1)}
     assert sorted((ds.SOPClassUID, int(ds.NumberOfFrames)) for ds in kept[enhanced["study_uid"]].values()) == sorted(
         (ds.SOPClassUID, int(ds.NumberOfFrames)) for ds in _files(enhanced["folder"]).values())
     assert {str(ds.file_meta.TransferSyntaxUID) for ds in kept[j2k["study_uid"]].values()} == {
         TRANSFER_SYNTAXES["jpeg2000"]}
     assert len(kept[j2k["study_uid"]]) == len(j2k["sop_uids"])
+    assert {str(ds.file_meta.TransferSyntaxUID) for ds in kept[jpeg_sv1["study_uid"]].values()} == {
+        "1.2.840.10008.1.2.4.70"}
     received = pacs.received()
     results = {}
     for sent in studies:
@@ -95,7 +101,7 @@ def test_enhanced_mr_and_jpeg2000_studies_are_answered_with_sr_and_secondary_cap
     # plain study it was made from, its frames numbered as the classic instances.
     sr_enh, scs_enh, files_enh = results[enhanced["study_uid"]]
     assert len(files_enh) == 3
-    for made, plain in ((enhanced, plain_a), (j2k, plain_b)):
+    for made, plain in ((enhanced, plain_a), (j2k, plain_b), (jpeg_sv1, plain_a)):
         sr, _, files = results[made["study_uid"]]
         sr_plain, _, files_plain = results[plain["study_uid"]]
         got, want = _findings_by_slice(sr, files), _findings_by_slice(sr_plain, files_plain)
@@ -123,12 +129,14 @@ def test_refused_presentation_contexts_are_logged_with_the_reason(listener, capl
     ae.add_requested_context(CTImageStorage)
     ae.add_requested_context(EnhancedMRImageStorage, [JPEG2000Lossless])
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.4.92"])  # JPEG 2000 Part 2
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4.4")  # Legacy Converted Enhanced MR
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     with listener() as server:
         assoc = ae.associate("127.0.0.1", server.port, ae_title="LUMBAR_EDGE")
         assert assoc.is_established
         accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
-        assert accepted == {(EnhancedMRImageStorage, JPEG2000Lossless)}
+        assert accepted == {(EnhancedMRImageStorage, JPEG2000Lossless),
+                            ("1.2.840.10008.5.1.4.1.1.4.4", "1.2.840.10008.1.2.1")}
         assert {c.abstract_syntax: c.result for c in assoc.rejected_contexts} == {
             CTImageStorage: 0x03, "1.2.840.10008.5.1.4.1.1.4": 0x04}
         assoc.release()
