@@ -31,7 +31,7 @@ def _files(folder: Path):
 
 
 def _findings_by_slice(sr, files):
-    """{(condition, level): (series uid, slice number, point)} of the SR's model findings, where
+    """{(condition, level): (SeriesNumber, slice number, point)} of the SR's model findings, where
     the slice number is the classic InstanceNumber or the Enhanced object's frame number."""
     by_sop = {ds.SOPInstanceUID: ds for ds in files.values()}
     out = {}
