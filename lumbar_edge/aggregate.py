@@ -63,7 +63,8 @@ def keypoint_of(series, peaks: SlicePeaks, k: int) -> Keypoint:
     mm = np.asarray(peaks.instance.geometry.pixel_to_patient(float(x), float(y)), dtype=np.float64).reshape(-1)[:3]
     return Keypoint(series_uid=series.series_uid, series_id=str(series.series_id), sop_uid=peaks.instance.sop_uid,
                     instance_number=int(peaks.instance.instance_number), x=float(x), y=float(y),
-                    patient_mm=(float(mm[0]), float(mm[1]), float(mm[2])), score=float(peaks.score[k]))
+                    patient_mm=(float(mm[0]), float(mm[1]), float(mm[2])), score=float(peaks.score[k]),
+                    frame=getattr(peaks.instance, "frame", None))
 
 
 Reading = Tuple[Keypoint, Tuple[float, float, float]]

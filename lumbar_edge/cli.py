@@ -61,14 +61,20 @@ def scan(path: Path, as_json: bool, workers: Optional[int], quiet: bool) -> None
               help="Leave out SpacingBetweenSlices, SliceThickness, SeriesDescription, ProtocolName, SliceLocation.")
 @click.option("--realistic", is_flag=True, help="Draw the options above per study, in the proportions of real "
                                                  "exports (overrides them).")
+@click.option("--enhanced-mr", is_flag=True, help="Write each series as one Enhanced MR multi-frame file.")
+@click.option("--transfer-syntax", type=click.Choice(["explicit", "implicit", "deflated", "jpeg2000", "jpegls", "rle"]),
+              default=None, help="Re-encode every file in this transfer syntax (lossless; default explicit VR LE).")
 def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quiet: bool, axial_layout: str,
-          repeat_sagittal: bool, patient_position: str, drop_optional_tags: bool, realistic: bool) -> None:
+          repeat_sagittal: bool, patient_position: str, drop_optional_tags: bool, realistic: bool, enhanced_mr: bool,
+          transfer_syntax: Optional[str]) -> None:
     """Write synthetic lumbar-spine MRI studies in the RSNA 2024 layout (demo and test data)."""
     from .synth import synthesize
+    from .synth.transcode import postprocess_dataset
 
     summary = synthesize(out_dir, n_studies=n_studies, seed=seed, workers=workers, progress=not quiet,
                          axial_layout=axial_layout, repeat_sagittal=repeat_sagittal, patient_position=patient_position,
                          drop_optional_tags=drop_optional_tags, realistic=realistic)
+    postprocess_dataset(out_dir, enhanced_mr=enhanced_mr, transfer_syntax=transfer_syntax or "")
     click.echo(summary.describe())
 
 

@@ -21,7 +21,7 @@ from .aggregate import (AggregationConfig, SlicePeaks, axial_findings, axial_sli
 from .errors import DicomError, InputError, LumbarEdgeError
 from .labels import CONDITIONS, LEVELS, HeadLayout, level_title
 from .preprocess import PreprocessConfig, preprocess_stack
-from .results import Finding, StudyResult
+from .results import Finding, StudyResult, slice_key
 from .select import DEFAULT_SELECTION, select_series
 
 #: Used when a bundle records no class priors: the RSNA 2024 training frequencies, roughly.
@@ -258,7 +258,7 @@ class Pipeline:
 
         def keep(series, peaks_used):
             for p in peaks_used:
-                key = (series.series_uid, p.instance.sop_uid)
+                key = slice_key(series.series_uid, p.instance.sop_uid, p.instance.frame)
                 if key not in slices:
                     pixels = prepared.pixels(series, p.slice_index)
                     if pixels is not None:
@@ -280,14 +280,14 @@ class Pipeline:
         for level, r in canal.items():
             readings[f"spinal_canal_stenosis_{level}"] = r
         if canal:
-            keep(t2, [p for p in t2_peaks if any(r[0].sop_uid == p.instance.sop_uid for r in canal.values())])
+            keep(t2, [p for p in t2_peaks if any(_same_slice(r[0], p.instance) for r in canal.values())])
             if t2_maps is not None:
                 self._keep_maps(heatmaps, t2, t2_peaks, t2_maps, canal, lambda lv: f"spinal_canal_stenosis_{lv}", LEVELS)
         for (side, level), r in foramina.items():
             readings[f"{side}_neural_foraminal_narrowing_{level}"] = r
         if foramina:
-            used = {r[0].sop_uid for r in foramina.values()}
-            keep(t1, [p for p in t1_peaks if p.instance.sop_uid in used])
+            used = {(r[0].sop_uid, r[0].frame) for r in foramina.values()}
+            keep(t1, [p for p in t1_peaks if (p.instance.sop_uid, p.instance.frame) in used])
         axial_warnings = []
         if "axial_t2" in chosen:
             candidates = used_series.get("axial_t2") or [chosen["axial_t2"]]
@@ -338,8 +338,9 @@ class Pipeline:
             if r is None:
                 continue
             for p in peaks:
-                if p.instance.sop_uid == r[0].sop_uid:
-                    heatmaps.setdefault((series.series_uid, p.instance.sop_uid), {})[column_of(key)] = sink[p.slice_index][k]
+                if _same_slice(r[0], p.instance):
+                    heatmaps.setdefault(slice_key(series.series_uid, p.instance.sop_uid, p.instance.frame),
+                                        {})[column_of(key)] = sink[p.slice_index][k]
 
     def run(self, studies, prefetch: int = 1) -> Iterator[Tuple[object, "StudyResult | LumbarEdgeError"]]:
         """Run several studies (Study objects or folders); yields ``(study, result)`` or
@@ -464,6 +465,12 @@ def _shared_point_warnings(canal: Dict[str, Tuple], foramina: Dict[Tuple[str, st
         for group in shared_points(keypoints):
             out.append(shared_point_warning(label, [level_title(lv) for lv in group]))
     return out
+
+
+def _same_slice(keypoint, instance) -> bool:
+    """Whether ``keypoint`` was read on ``instance`` (the frames of a multi-frame file share one
+    SOPInstanceUID, so the frame counts too)."""
+    return keypoint.sop_uid == instance.sop_uid and keypoint.frame == instance.frame
 
 
 def _normalised(p) -> Tuple[float, float, float]:

@@ -29,6 +29,21 @@ class Keypoint:
     y: float  # row
     patient_mm: Tuple[float, float, float]  # DICOM patient coordinates (LPS)
     score: float  # heatmap peak probability in [0, 1]
+    #: The 0-based frame of a multi-frame (Enhanced MR) source; None for a single-frame one.
+    #: ``instance_number`` is then the 1-based frame number (ReferencedFrameNumber).
+    frame: Optional[int] = None
+
+    @property
+    def slice_key(self) -> Tuple[str, ...]:
+        """The key of its source slice in :attr:`StudyResult.slices` (see :func:`slice_key`)."""
+        return slice_key(self.series_uid, self.sop_uid, self.frame)
+
+
+def slice_key(series_uid: str, sop_uid: str, frame: Optional[int] = None) -> Tuple[str, ...]:
+    """The key naming one source slice: ``(series_uid, sop_uid)`` for a single-frame instance,
+    ``(series_uid, sop_uid, frame)`` for a frame of a multi-frame one (whose frames share one
+    SOPInstanceUID)."""
+    return (series_uid, sop_uid) if frame is None else (series_uid, sop_uid, frame)
 
 
 @dataclass(frozen=True)
@@ -76,10 +91,11 @@ class StudyResult:
     #: sha256 of the model file the engine ran (the bundle's entry for its precision): with
     #: ``model`` and ``backend``, which grader made the report (resumed and merged runs check it).
     model_sha256: str = ""
-    #: Source pixels of the slices the keypoints were read on, {(series_uid, sop_uid): 2-D float32},
-    #: kept for the overlay writer; not part of the JSON report.
+    #: Source pixels of the slices the keypoints were read on, {slice_key: 2-D float32} (slice_key:
+    #: (series_uid, sop_uid), plus the frame for a multi-frame source), kept for the overlay
+    #: writer; not part of the JSON report.
     slices: Dict[Tuple[str, str], object] = field(default_factory=dict, repr=False)
-    #: Optional per-keypoint heatmaps for overlays, {(series_uid, sop_uid): {column: 2-D map}}.
+    #: Optional per-keypoint heatmaps for overlays, {slice_key: {column: 2-D map}}.
     heatmaps: Dict[Tuple[str, str], Dict[str, object]] = field(default_factory=dict, repr=False)
 
     def finding(self, condition: str, level: str) -> Finding:

@@ -1,9 +1,19 @@
 """Read the header of one file cheaply: the few tags the scan needs, no pixel data.
 
 :func:`read_header` is what the scan runs in parallel. It never raises for bad input: it returns
-either a :class:`HeaderRecord` (plain values, cheap to pickle between processes) or a
+a :class:`HeaderRecord` (plain values, cheap to pickle between processes), a list of them (one
+per frame of a multi-frame Enhanced MR or Legacy Converted Enhanced MR file), or a
 ``(category, reason)`` pair saying why the file is skipped. It opens files read-only and never
 writes anything.
+
+Multi-frame files are read by pydicom (without the pixel data): their per-frame geometry, rescale
+and MR timing live in the functional group sequences, which the fast reader skips. Each frame's
+value is taken from its PerFrameFunctionalGroupsSequence item, else the
+SharedFunctionalGroupsSequence, else the top-level tag (and for a Legacy Converted object, its
+Unassigned Per-Frame / Shared Converted Attributes), so per-frame wins over shared wins over
+top-level. A frame's InstanceNumber is its 1-based frame number: unique in the file (unlike
+InStackPositionNumber, which restarts in each stack and temporal position), the number a
+ReferencedFrameNumber uses, and the slices are ordered by their geometry anyway.
 """
 from __future__ import annotations
 
@@ -12,7 +22,7 @@ import math
 import os
 import stat
 import struct
-from typing import Any, NamedTuple, Optional, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Tuple, Union
 
 from .fastread import Truncated, Unhandled, read_tags
 
@@ -29,6 +39,14 @@ HEADER_KEYWORDS: Tuple[str, ...] = (
 )
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+#: Enhanced MR Image Storage and Legacy Converted Enhanced MR Image Storage: one multi-frame
+#: object per series, geometry in the functional group sequences.
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+LEGACY_CONVERTED_ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.4"
+MULTI_FRAME_MR_CLASSES = frozenset((ENHANCED_MR, LEGACY_CONVERTED_ENHANCED_MR))
+#: Upper bound on the frames of one file the scan accepts (a corrupt NumberOfFrames must not
+#: make a list of a billion records).
+MAX_FRAMES = 10_000
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_DATA = 0x7FE00010
 _ITEM, _SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
@@ -97,14 +115,16 @@ class HeaderRecord(NamedTuple):
         }.get(keyword, default)
 
 
-def read_header(path: str) -> Union[HeaderRecord, Skip]:
-    """Read the scan tags of the file at ``path``; a HeaderRecord, or (category, reason) when
-    the file cannot be used. Never raises, whatever the file's bytes.
+def read_header(path: str) -> Union[HeaderRecord, List[HeaderRecord], Skip]:
+    """Read the scan tags of the file at ``path``; a HeaderRecord, a list of HeaderRecords (one
+    per frame, in frame order) for a multi-frame file, or (category, reason) when the file
+    cannot be used. Never raises, whatever the file's bytes.
 
     The fast reader (:mod:`.fastread`) reads plain little-endian files; everything it does not
-    read exactly as pydicom would goes to pydicom, so both paths give the same record. Compressed
-    (encapsulated) pixel data is checked item by item without reading the fragments: a file cut
-    inside them is ``truncated``, a broken item structure ``corrupt``."""
+    read exactly as pydicom would goes to pydicom, so both paths give the same record; so do
+    multi-frame files (their functional groups are sequences, which the fast reader skips).
+    Compressed (encapsulated) pixel data is checked item by item without reading the fragments:
+    a file cut inside them is ``truncated``, a broken item structure ``corrupt``."""
     try:
         st = os.stat(path)  # follows a symbolic link to what it points at
     except FileNotFoundError:
@@ -135,6 +155,9 @@ def read_header(path: str) -> Union[HeaderRecord, Skip]:
                 # that); were a bug left, pydicom, the arbiter, reads the file instead.
                 fp.seek(0)
                 return _read_with_pydicom(fp, path, st.st_size)
+            if _is_multi_frame(values, head.media_sop_class):
+                fp.seek(0)
+                return _read_with_pydicom(fp, path, st.st_size, multi_frame=True)
             pixel = _pixel_verdict(head.pixel_tag, head.pixel_offset, head.pixel_header, head.pixel_length,
                                    head.end, st.st_size, fp, head.prefix)
     except PermissionError:
@@ -159,21 +182,39 @@ class _DatasetValues:
         return self.ds.get(keyword, default)
 
 
-def _read_with_pydicom(fp, path: str, size: int) -> Union[HeaderRecord, Skip]:
+def _is_multi_frame(values, media_class: str) -> bool:
+    """Whether a header read so far (``values.get(keyword)``) is a multi-frame image: an
+    Enhanced / Legacy Converted Enhanced MR SOP class, or more than one frame."""
+    sop_class = str(values.get("SOPClassUID", "") or media_class).strip()
+    if sop_class in MULTI_FRAME_MR_CLASSES:
+        return True
+    try:
+        return (_int(values.get("NumberOfFrames")) or 1) > 1
+    except Exception:  # noqa: BLE001 - a malformed value is judged by _record, which reports it
+        return False
+
+
+def _read_with_pydicom(fp, path: str, size: int,
+                       multi_frame: bool = False) -> Union[HeaderRecord, List[HeaderRecord], Skip]:
     """The general path: pydicom reads the scan tags (big endian, deflate, files without a
-    preamble, odd structures); any error it raises makes the file a skip."""
+    preamble, odd structures); any error it raises makes the file a skip. ``multi_frame``:
+    read the whole header (the functional group sequences too) and return one record per frame."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = dcmread(fp, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
+        ds = dcmread(fp, stop_before_pixels=True, specific_tags=None if multi_frame else list(HEADER_KEYWORDS))
         meta = getattr(ds, "file_meta", None)
         ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
         media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta else ""
+        if not multi_frame and _is_multi_frame(_DatasetValues(ds), media_class):
+            fp.seek(0)
+            return _read_with_pydicom(fp, path, size, multi_frame=True)
+        pixel_length = None
         if ts == _DEFLATED:
             pixel = _deflated_pixel_check(path)
         else:
-            pixel = _pixel_element_check(fp, ds, size)
+            pixel, pixel_length = _pixel_element(fp, ds, size)
     except InvalidDicomError:
         # pydicom raises this only for a missing 'DICM' prefix / file meta; its own text goes
         # on to advise force=True, which is not advice for a user of a scan.
@@ -187,12 +228,113 @@ def _read_with_pydicom(fp, path: str, size: int) -> Union[HeaderRecord, Skip]:
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input; any is a skip
         return "corrupt", f"unreadable DICOM header ({type(exc).__name__}: {_first_line(exc)})"
     try:
+        if multi_frame:
+            return _frame_records(path, ds, ts, media_class, pixel, pixel_length)
         return _record(path, _DatasetValues(ds), ts, media_class, pixel)
     except Exception as exc:  # noqa: BLE001 - pydicom converts values lazily; malformed ones raise anything
         return "corrupt", f"malformed header value ({type(exc).__name__}: {_first_line(exc)})"
 
 
-def _record(path: str, ds, ts: str, media_class: str, pixel: Optional[Skip]) -> Union[HeaderRecord, Skip]:
+#: (functional group macro sequence, attribute, HeaderRecord field) read per frame.
+_FRAME_FIELDS = (
+    ("PlanePositionSequence", "ImagePositionPatient", "position"),
+    ("PlaneOrientationSequence", "ImageOrientationPatient", "orientation"),
+    ("PixelMeasuresSequence", "PixelSpacing", "pixel_spacing"),
+    ("PixelMeasuresSequence", "SliceThickness", "slice_thickness"),
+    ("PixelMeasuresSequence", "SpacingBetweenSlices", "spacing_between_slices"),
+    ("PixelValueTransformationSequence", "RescaleSlope", "rescale_slope"),
+    ("PixelValueTransformationSequence", "RescaleIntercept", "rescale_intercept"),
+    ("MRTimingAndRelatedParametersSequence", "RepetitionTime", "repetition_time"),
+    ("MREchoSequence", "EffectiveEchoTime", "echo_time"),
+    ("MRModifierSequence", "InversionTimes", "inversion_time"),
+)
+_UNASSIGNED = ("UnassignedPerFrameConvertedAttributesSequence", "UnassignedSharedConvertedAttributesSequence")
+
+
+def _frame_records(path: str, ds, ts: str, media_class: str, pixel: Optional[Skip],
+                   pixel_length: Optional[int]) -> Union[List[HeaderRecord], Skip]:
+    """One record per frame of the multi-frame dataset ``ds`` (read without its pixel data);
+    ``pixel_length``: the native pixel data's length in bytes (None when encapsulated)."""
+    frames = _int(ds.get("NumberOfFrames")) or 1
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if frames > 1 and not len(per_frame):
+        # Not an Enhanced object (e.g. a multi-frame Secondary Capture): no per-frame geometry.
+        return "unsupported", (f"multi-frame image ({frames} frames) without per-frame functional groups "
+                               f"is not supported")
+    base = _record(path, _DatasetValues(ds), ts, media_class, pixel, multi_frame=True)
+    if not isinstance(base, HeaderRecord):
+        return base
+    if frames > MAX_FRAMES:
+        return "unsupported", f"multi-frame image of {frames} frames (more than {MAX_FRAMES})"
+    shared_seq = ds.get("SharedFunctionalGroupsSequence") or []
+    shared = shared_seq[0] if len(shared_seq) else None
+    if len(per_frame) and len(per_frame) != frames:
+        return "corrupt", (f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for "
+                           f"NumberOfFrames {frames}")
+    if not base.sequence_name:  # Enhanced MR names the sequence in PulseSequenceName
+        base = base._replace(sequence_name=_text(ds.get("PulseSequenceName")))
+    missing = _native_frames_missing(ds, ts, base, frames, pixel_length)
+    if missing:
+        return "truncated", missing
+    records = []
+    for index in range(frames):
+        item = per_frame[index] if len(per_frame) else None
+        raw = {field: _frame_value(item, shared, ds, macro, keyword) for macro, keyword, field in _FRAME_FIELDS}
+        fields = dict(
+            position=_floats(raw["position"], 3), orientation=_floats(raw["orientation"], 6),
+            pixel_spacing=_floats(raw["pixel_spacing"], 2),
+            slice_thickness=_float(raw["slice_thickness"]),
+            spacing_between_slices=_float(raw["spacing_between_slices"]),
+            rescale_slope=_float(raw["rescale_slope"], 1.0) or 1.0,
+            rescale_intercept=_float(raw["rescale_intercept"], 0.0),
+            repetition_time=_float(raw["repetition_time"]),
+            echo_time=_float(raw["echo_time"]),
+            inversion_time=_float(raw["inversion_time"]),
+        )
+        records.append(base._replace(instance_number=index + 1, frame=index, **fields))
+    return records
+
+
+def _frame_value(item, shared, ds, macro: str, keyword: str) -> Any:
+    """``keyword`` of one frame: in ``macro`` of the frame's functional groups (``item``), else
+    of the shared ones, else the top-level tag, else a Legacy Converted object's unassigned
+    converted attributes (per-frame, then shared). None when nowhere."""
+    for group in (item, shared):
+        if group is None:
+            continue
+        seq = group.get(macro)
+        if seq is not None and len(seq) and keyword in seq[0]:
+            value = seq[0].get(keyword)
+            if value is not None and value != "":
+                return value
+    top = keyword if keyword != "EffectiveEchoTime" else "EchoTime"
+    top = top if top != "InversionTimes" else "InversionTime"
+    value = ds.get(top)
+    if value is not None and value != "":
+        return value
+    for group, name in ((item, _UNASSIGNED[0]), (shared, _UNASSIGNED[1])):
+        seq = group.get(name) if group is not None else None
+        if seq is not None and len(seq):
+            value = seq[0].get(top)
+            if value is not None and value != "":
+                return value
+    return None
+
+
+def _native_frames_missing(ds, ts: str, base: HeaderRecord, frames: int, length: Optional[int]) -> Optional[str]:
+    """Why native (uncompressed) pixel data of ``length`` bytes cannot hold every frame, or
+    None. (Compressed frames are checked when decoded.)"""
+    if length is None or ts not in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"):
+        return None
+    bits = _int(ds.get("BitsAllocated")) or 16
+    need = (base.rows * base.columns * frames * bits + 7) // 8
+    if length < need:
+        return f"truncated: pixel data is {length} bytes, {frames} frames of {base.rows}x{base.columns} need {need}"
+    return None
+
+
+def _record(path: str, ds, ts: str, media_class: str, pixel: Optional[Skip],
+            multi_frame: bool = False) -> Union[HeaderRecord, Skip]:
     """Check the values (``ds.get(keyword)``) of an image file and convert them to a record."""
     sop_class = str(ds.get("SOPClassUID", "") or media_class)
     if media_class == _MEDIA_STORAGE_DIRECTORY or sop_class == _MEDIA_STORAGE_DIRECTORY:
@@ -206,7 +348,7 @@ def _record(path: str, ds, ts: str, media_class: str, pixel: Optional[Skip]) -> 
         if not str(ds.get(keyword, "") or "").strip():
             return "missing_uid", f"no {keyword}"
     frames = _int(ds.get("NumberOfFrames")) or 1
-    if frames > 1:
+    if frames > 1 and not multi_frame:
         return "unsupported", f"multi-frame image ({frames} frames) is not supported"
     samples = _int(ds.get("SamplesPerPixel")) or 1
     photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
@@ -253,10 +395,16 @@ def _pixel_element_check(fp, ds, size: int) -> Optional[Skip]:
     set (not necessarily the one its file meta names, :func:`_found_implicit`), with pydicom's
     rules for the VR bytes (filereader.data_element_generator).
     """
+    return _pixel_element(fp, ds, size)[0]
+
+
+def _pixel_element(fp, ds, size: int) -> Tuple[Optional[Skip], Optional[int]]:
+    """:func:`_pixel_element_check`'s verdict and the pixel data element's value length (None
+    where there is none or it is undefined, i.e. encapsulated)."""
     where = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
-        return _pixel_verdict(None, 0, 0, 0, where, size, fp)
+        return _pixel_verdict(None, 0, 0, 0, where, size, fp), None
     implicit, little = ds.original_encoding
     end = "<" if little is not False else ">"
     group, elem = struct.unpack(end + "HH", head[:4])
@@ -265,11 +413,12 @@ def _pixel_element_check(fp, ds, size: int) -> Optional[Skip]:
         length, header = struct.unpack(end + "L", head[4:8])[0], 8
     elif vr in _VR_32BIT_LENGTH:
         if len(head) < 12:
-            return "truncated", "truncated: the file ends inside the pixel data element's header"
+            return ("truncated", "truncated: the file ends inside the pixel data element's header"), None
         length, header = struct.unpack(end + "L", head[8:12])[0], 12
     else:
         length, header = struct.unpack(end + "H", head[6:8])[0], 8
-    return _pixel_verdict(group << 16 | elem, where, header, length, where, size, fp)
+    verdict = _pixel_verdict(group << 16 | elem, where, header, length, where, size, fp)
+    return verdict, (None if length == 0xFFFFFFFF else length)
 
 
 def _found_implicit(read_at, assumed: bool) -> bool:

@@ -121,7 +121,7 @@ class Instance:
         return decode_instance(self)
 
     def to_dict(self) -> dict:
-        return {"path": self.file, "sop_uid": self.sop_uid, "instance_number": self.instance_number,
+        return {"path": self.file, "sop_uid": self.sop_uid, "frame": self.frame, "instance_number": self.instance_number,
                 "rows": self.rows, "columns": self.columns, "position_mm": self.position,
                 "transfer_syntax_uid": self.transfer_syntax_uid, "photometric": self.photometric,
                 "rescale_slope": self.rescale_slope, "rescale_intercept": self.rescale_intercept,

@@ -5,6 +5,7 @@ pydicom itself; JPEG, JPEG-LS and JPEG 2000 need a pydicom decoder plugin (pylib
 libjpeg/openjpeg plugins, pyjpegls), installed by the ``codecs`` extra. Whether a plugin is there
 is asked of pydicom's decoder registry (``pydicom.pixels.get_decoder(uid).is_available``) before
 the file is read, so a missing codec is a clear MissingDependencyError, not a decoding failure.
+A frame of a multi-frame (Enhanced MR) file is decoded alone: only its bytes are read.
 """
 from __future__ import annotations
 
@@ -95,36 +96,23 @@ def decode_instance(instance) -> np.ndarray:
     """Decode ``instance`` (a :class:`~lumbar_edge.dicom.Instance`) to float32 [rows, columns],
     padding pixels (PixelPaddingValue) set to NaN.
 
+    For a frame of a multi-frame file (``instance.frame`` set), only that frame is read and
+    decoded, with that frame's rescale (the instance's values, from its functional groups).
+
     Raises MissingDependencyError when no installed plugin decodes its transfer syntax (the
     message names ``lumbar-edge[codecs]``), DicomError (one line, with the reason: the file is
     truncated inside its pixel data, the codec's own error ...) when the file cannot be read, its
     pixel data cannot be decoded, or the decoded image does not have the size the header gave.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     problem = codec_problem(instance.transfer_syntax_uid)
     if problem is not None:
         raise problem
-    path = instance.path
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError) as exc:
-        raise DicomError(f"{path}: cannot read the file: {exc}") from exc
-    if "PixelData" not in ds:
-        # pydicom drops a pixel data element that the file ends inside (with a warning), so
-        # "no pixel data" would hide the real reason: the scan's checks name it.
-        from .headers import read_header
-
-        verdict = read_header(str(path))
-        reason = verdict[1] if isinstance(verdict, tuple) else "the file has no pixel data"
-        raise DicomError(f"{path}: {reason}")
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data
-        raise DicomError(f"{path}: cannot decode the pixel data ({type(exc).__name__}: {_one_line(exc)})") from exc
+    frame = getattr(instance, "frame", None)
+    stored = (_decode_stored(instance.path) if frame is None
+              else _decode_frame(instance.path, frame, instance.transfer_syntax_uid))
     if stored.shape != (instance.rows, instance.columns):
-        raise DicomError(f"{path}: decoded image is {'x'.join(map(str, stored.shape))}, "
+        where = "" if frame is None else f" frame {frame + 1}"
+        raise DicomError(f"{instance.path}{where}: decoded image is {'x'.join(map(str, stored.shape))}, "
                          f"the header says {instance.rows}x{instance.columns}")
     out = to_float(stored, float(instance.rescale_slope), float(instance.rescale_intercept),
                    instance.photometric, instance.bits_stored, instance.pixel_representation)
@@ -148,3 +136,46 @@ def padding_mask(stored: np.ndarray, value: Optional[int], range_limit: Optional
     lo, hi = (value, value) if range_limit is None else (min(value, range_limit), max(value, range_limit))
     mask = (stored >= lo) & (stored <= hi)
     return mask if mask.any() else None
+
+
+def _decode_stored(path) -> np.ndarray:
+    """The stored values of the single-frame file at ``path``."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, EOFError) as exc:
+        raise DicomError(f"{path}: cannot read the file: {exc}") from exc
+    if "PixelData" not in ds:
+        # pydicom drops a pixel data element that the file ends inside (with a warning), so
+        # "no pixel data" would hide the real reason: the scan's checks name it.
+        from .headers import read_header
+
+        verdict = read_header(str(path))
+        reason = verdict[1] if isinstance(verdict, tuple) else "the file has no pixel data"
+        raise DicomError(f"{path}: {reason}")
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data
+        raise DicomError(f"{path}: cannot decode the pixel data ({type(exc).__name__}: {_one_line(exc)})") from exc
+
+
+def _decode_frame(path, frame: int, transfer_syntax_uid: str) -> np.ndarray:
+    """The stored values of 0-based ``frame`` of the multi-frame file at ``path``, reading that
+    frame's bytes only (pydicom's ``pixel_array(file, index=...)`` skips the other frames and
+    the functional group sequences). A deflated file has to be inflated whole first."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import pixel_array
+
+    where = f"{path} frame {frame + 1}"
+    try:
+        with open(path, "rb") as fp:
+            if transfer_syntax_uid == "1.2.840.10008.1.2.1.99":  # deflated
+                return pixel_array(pydicom.dcmread(fp), index=frame)
+            return pixel_array(fp, index=frame)
+    except (InvalidDicomError, OSError, EOFError) as exc:
+        raise DicomError(f"{where}: cannot read the file: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data
+        raise DicomError(f"{where}: cannot decode the pixel data ({type(exc).__name__}: {_one_line(exc)})") from exc

@@ -122,6 +122,8 @@ def _read_headers(files: List[str], workers: Optional[int], executor: str, progr
             bar.update()
             if isinstance(outcome, HeaderRecord):
                 records.append(outcome)
+            elif isinstance(outcome, list):  # one record per frame of a multi-frame file
+                records.extend(outcome)
             else:
                 category, reason = outcome
                 skipped.append(SkippedFile(Path(path), reason, category))
@@ -203,25 +205,30 @@ def build_studies(records: Iterable[HeaderRecord], rules: Optional[Sequence[Clas
                   skipped: List[SkippedFile]) -> List[Study]:
     """Group header records into studies and series: drop duplicate SOP instances and slices of
     a minority size (recorded in ``skipped``), classify each series and sort its slices."""
-    records = sorted(records, key=lambda r: r.path)
-    # Of several files with one SOPInstanceUID, keep the one in the folder that holds most of its
-    # series (a stray copy elsewhere must not pull the series out of its folder), then the first.
+    records = sorted(records, key=lambda r: (r.path, -1 if r.frame is None else r.frame))
+    # Of several files with one SOPInstanceUID (and frame), keep the one in the folder that holds
+    # most of its series (a stray copy elsewhere must not pull the series out of its folder),
+    # then the first.
     per_folder = Counter((r.series_uid, os.path.dirname(r.path)) for r in records)
-    by_sop: Dict[str, HeaderRecord] = {}
-    duplicates: Dict[str, List[HeaderRecord]] = defaultdict(list)
+    by_sop: Dict[Tuple[str, Optional[int]], HeaderRecord] = {}
+    duplicates: Dict[Tuple[str, Optional[int]], List[HeaderRecord]] = defaultdict(list)
     for rec in records:
-        first = by_sop.get(rec.sop_uid)
+        key = (rec.sop_uid, rec.frame)
+        first = by_sop.get(key)
         if first is None:
-            by_sop[rec.sop_uid] = rec
+            by_sop[key] = rec
             continue
         if per_folder[(rec.series_uid, os.path.dirname(rec.path))] > per_folder[
                 (first.series_uid, os.path.dirname(first.path))]:
-            by_sop[rec.sop_uid], rec = rec, first
-        duplicates[rec.sop_uid].append(rec)
+            by_sop[key], rec = rec, first
+        duplicates[key].append(rec)
+    reported = set()  # a duplicated multi-frame file is reported once, not once per frame
     for sop, extra in duplicates.items():
         kept = by_sop[sop].path
         for rec in extra:
-            skipped.append(SkippedFile(Path(rec.path), f"duplicate SOPInstanceUID of {kept}", "duplicate"))
+            if rec.path not in reported:
+                reported.add(rec.path)
+                skipped.append(SkippedFile(Path(rec.path), f"duplicate SOPInstanceUID of {kept}", "duplicate"))
     grouped: Dict[str, Dict[str, List[HeaderRecord]]] = defaultdict(lambda: defaultdict(list))
     for rec in by_sop.values():
         grouped[rec.study_uid][rec.series_uid].append(rec)

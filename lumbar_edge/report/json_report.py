@@ -56,7 +56,8 @@ def result_from_report(doc: dict) -> StudyResult:
             keypoint = None if kp is None else Keypoint(
                 series_uid=str(kp["series_uid"]), series_id=str(kp["series_id"]), sop_uid=str(kp["sop_uid"]),
                 instance_number=int(kp["instance_number"]), x=float(kp["x"]), y=float(kp["y"]),
-                patient_mm=tuple(float(v) for v in kp["patient_mm"]), score=float(kp["score"]))
+                patient_mm=tuple(float(v) for v in kp["patient_mm"]), score=float(kp["score"]),
+                frame=None if kp.get("frame") is None else int(kp["frame"]))
             probs = f["probabilities"]
             findings.append(Finding(str(f["condition"]), str(f["level"]),
                                     (float(probs["normal_mild"]), float(probs["moderate"]), float(probs["severe"])),

@@ -288,7 +288,8 @@ def overlay_images(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndar
     """Render one overlay per source slice of ``result``'s keypoints, sagittal T2 first, then
     sagittal T1, then axial, each by instance number (the order :func:`write_overlays` writes).
 
-    ``slices`` maps ``(series_uid, sop_uid)`` to the slice's 2-D pixels (the source grid of the
+    ``slices`` maps ``(series_uid, sop_uid)`` (plus the frame of a multi-frame source: see
+    :func:`lumbar_edge.results.slice_key`) to the slice's 2-D pixels (the source grid of the
     keypoints). ``heatmaps`` optionally maps the same keys to a slice's heatmaps (a mapping of
     column -> model-grid map, or an array; see :func:`heatmap_on_display`). A slice missing from
     ``slices`` is skipped with a logged warning. Findings from the prior (no keypoint) have no
@@ -300,7 +301,7 @@ def overlay_images(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndar
     groups: Dict[Tuple[str, str], List[Finding]] = {}
     for f in result.findings:
         if f.keypoint is not None:
-            groups.setdefault((f.keypoint.series_uid, f.keypoint.sop_uid), []).append(f)
+            groups.setdefault(f.keypoint.slice_key, []).append(f)
 
     def order(key):
         kp = groups[key][0].keypoint

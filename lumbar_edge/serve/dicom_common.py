@@ -12,6 +12,7 @@ import datetime as _dt
 import re
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Optional
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
@@ -58,8 +59,11 @@ class ResultUids:
     def sc_series(self) -> str:
         return self._uid("sc-series")
 
-    def sc_instance(self, source_sop_uid: str) -> str:
-        return self._uid("sc-instance", source_sop_uid)
+    def sc_instance(self, source_sop_uid: str, frame: Optional[int] = None) -> str:
+        """The Secondary Capture of one source slice (``frame``: 0-based, of a multi-frame one)."""
+        if frame is None:
+            return self._uid("sc-instance", source_sop_uid)
+        return self._uid("sc-instance", source_sop_uid, f"frame-{int(frame)}")
 
     @property
     def device(self) -> str:

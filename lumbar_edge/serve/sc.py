@@ -26,9 +26,10 @@ SC_MIN_SIZE = 512
 
 def secondary_capture(image: np.ndarray, source: Dataset, *, sop_instance_uid: str, series_uid: str,
                       instance_number: int, model_name: str, title: str, source_sop_uid: str,
-                      source_sop_class: str = MRImageStorage, revision: int = 1,
-                      now: Optional[_dt.datetime] = None) -> Dataset:
-    """One RGB uint8 ``image`` ``[rows, columns, 3]`` as a Secondary Capture in ``source``'s study."""
+                      source_sop_class: str = MRImageStorage, source_frame: Optional[int] = None,
+                      revision: int = 1, now: Optional[_dt.datetime] = None) -> Dataset:
+    """One RGB uint8 ``image`` ``[rows, columns, 3]`` as a Secondary Capture in ``source``'s study;
+    ``source_frame`` (0-based) is the frame shown of a multi-frame source (ReferencedFrameNumber)."""
     rgb = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"a secondary capture needs an RGB image [rows, columns, 3], got shape {rgb.shape}")
@@ -49,6 +50,8 @@ def secondary_capture(image: np.ndarray, source: Dataset, *, sop_instance_uid: s
     ref = Dataset()
     ref.ReferencedSOPClassUID = source_sop_class
     ref.ReferencedSOPInstanceUID = source_sop_uid
+    if source_frame is not None:
+        ref.ReferencedFrameNumber = int(source_frame) + 1
     ds.SourceImageSequence = DicomSequence([ref])
     ds.SamplesPerPixel = 3
     ds.PhotometricInterpretation = "RGB"
@@ -70,10 +73,11 @@ def build_secondary_captures(result: StudyResult, source: Dataset, uids: ResultU
     sop_classes = dict(sop_classes or {})
     out = []
     for number, ov in enumerate(overlay_images(result, result.slices, min_size=min_size), start=1):
-        sop = ov.keypoint.sop_uid
-        out.append(secondary_capture(ov.image, source, sop_instance_uid=uids.sc_instance(sop),
+        sop, frame = ov.keypoint.sop_uid, ov.keypoint.frame
+        out.append(secondary_capture(ov.image, source, sop_instance_uid=uids.sc_instance(sop, frame),
                                      series_uid=uids.sc_series, instance_number=number, model_name=model_name,
                                      title=ov.title, source_sop_uid=sop,
-                                     source_sop_class=sop_classes.get(sop, MRImageStorage), revision=revision,
+                                     source_sop_class=sop_classes.get(sop, MRImageStorage), source_frame=frame,
+                                     revision=revision,
                                      now=now))
     return out

@@ -2,11 +2,16 @@
 
 What a peer sees:
 
-* **Verification** (C-ECHO) and **MR Image Storage** are the only presentation contexts
-  accepted; any other SOP class (CT, a Secondary Capture, an SR ...) is rejected at association
-  negotiation ("abstract syntax not supported", PS3.8), so a non-MR object is never received.
-  Transfer syntaxes: the uncompressed ones, plus each compressed one this installation can
-  decode (``pip install 'lumbar-edge[codecs]'``).
+* **Verification** (C-ECHO), **MR Image Storage**, **Enhanced MR Image Storage** and **Legacy
+  Converted Enhanced MR Image Storage** are the only presentation contexts accepted; any other
+  SOP class (CT, a Secondary Capture, an SR ...) is rejected at association negotiation
+  ("abstract syntax not supported", PS3.8), so a non-MR object is never received. Transfer
+  syntaxes: the uncompressed ones (deflated included), plus each compressed one this
+  installation can decode (``pip install 'lumbar-edge[codecs]'``): RLE, JPEG baseline /
+  extended / lossless (SV1 and any predictor), JPEG-LS lossless and near-lossless, JPEG 2000
+  lossless and lossy. What is received is stored as received (no transcoding). Each refused
+  presentation context is logged with the reason (its SOP class, or its transfer syntaxes, is
+  not supported here, naming what is).
 * **Called AE title**: an association addressed to another AE title than ``--ae-title`` is
   rejected ("called AE title not recognised").
 * **Calling AE titles**: with ``--allow``, an association from any other calling AE title is
@@ -16,7 +21,7 @@ What a peer sees:
 * **PDU size**: the listener announces ``--max-pdu`` as its maximum PDU length; a peer that sends
   a larger P-DATA PDU anyway has its instance refused and the association aborted.
 * **C-STORE statuses**: 0000 stored; A900 the data set is not an MR image (SOP Class UID or
-  Modality do not match the MR Image Storage context it came on); C000 the data set cannot be
+  Modality do not match the MR storage context it came on); C000 the data set cannot be
   read or lacks valid Study/SOP Instance UIDs; A700 out of resources (the spool limit or the disk
   is full: try later).
 
@@ -52,6 +57,14 @@ def require_pynetdicom():
     return pynetdicom
 
 
+def mr_storage_classes() -> List[str]:
+    """The MR SOP classes received: MR Image Storage, Enhanced MR Image Storage and Legacy
+    Converted Enhanced MR Image Storage."""
+    from pydicom.uid import EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage, MRImageStorage
+
+    return [MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage]
+
+
 def storage_transfer_syntaxes() -> List[str]:
     """Transfer syntaxes accepted for MR images: the uncompressed ones, then each compressed one
     whose pixel decoder is available here."""
@@ -70,12 +83,65 @@ def storage_transfer_syntaxes() -> List[str]:
     return accepted
 
 
+def _uid_name(value) -> str:
+    from pydicom.uid import UID
+
+    uid = UID(str(value))
+    return f"{uid.name} ({uid})" if uid.name and uid.name != str(uid) else str(uid)
+
+
+def refused_context_reasons(contexts, accepted_syntaxes: List[str]) -> List[str]:
+    """One line per refused presentation context (pynetdicom ``PresentationContext`` objects
+    with their negotiation result): which SOP class, and why it was refused."""
+    out = []
+    for cx in contexts:
+        what = _uid_name(cx.abstract_syntax)
+        if cx.result == 0x03:
+            why = f"SOP class not supported here (accepted: {ACCEPTED_CLASSES})"
+        elif cx.result == 0x04:
+            proposed = ", ".join(_uid_name(ts) for ts in cx.transfer_syntax) or "none"
+            why = (f"none of its transfer syntaxes ({proposed}) can be decoded here (accepted: "
+                   f"{', '.join(_uid_name(ts) for ts in accepted_syntaxes)})")
+        else:
+            why = cx.status
+        out.append(f"{what}: {why}")
+    return out
+
+
+ACCEPTED_CLASSES = "MR, Enhanced MR and Legacy Converted Enhanced MR Image Storage, and Verification"
+#: At most this many refused SOP classes are named in the log line of one association (dcmtk's
+#: storescu proposes every storage class it knows unless told -R: over a hundred).
+_NAMED_CLASSES = 8
+
+
+def log_refused_contexts(sid: str, calling: str, assoc, syntaxes: List[str]) -> None:
+    """Log why presentation contexts of an accepted association were refused: a warning naming
+    each MR context refused for its transfer syntaxes (or everything, when nothing was accepted
+    and the association is aborted); the SOP classes not supported here on one info line."""
+    rejected = list(assoc.rejected_contexts)
+    if not rejected:
+        return
+    if not assoc.accepted_contexts:
+        log.warning("association %s from %s: no presentation context accepted, so the association is aborted; "
+                    "refused: %s", sid, calling, "; ".join(refused_context_reasons(rejected, syntaxes)))
+        return
+    by_syntax = [cx for cx in rejected if cx.result != 0x03]
+    if by_syntax:
+        log.warning("association %s from %s: refused presentation context(s): %s", sid, calling,
+                    "; ".join(refused_context_reasons(by_syntax, syntaxes)))
+    by_class = sorted({_uid_name(cx.abstract_syntax) for cx in rejected if cx.result == 0x03})
+    if by_class:
+        named = ", ".join(by_class[:_NAMED_CLASSES]) + (
+            f" and {len(by_class) - _NAMED_CLASSES} more" if len(by_class) > _NAMED_CLASSES else "")
+        log.info("association %s from %s: %d presentation context(s) refused, SOP class not supported here "
+                 "(accepted: %s): %s", sid, calling, len(by_class), ACCEPTED_CLASSES, named)
+
+
 class StorageSCP:
     """The pynetdicom AE and its event handlers, feeding :class:`StudyTracker`."""
 
     def __init__(self, config: ServeConfig, tracker: StudyTracker):
         pynetdicom = require_pynetdicom()
-        from pydicom.uid import MRImageStorage
         from pynetdicom.sop_class import Verification
 
         self.config = config
@@ -83,10 +149,12 @@ class StorageSCP:
         self._evt = pynetdicom.evt
         self._sessions: Dict[int, str] = {}  # id(Association) -> session id
         self._pdu_violations: Dict[str, int] = {}
-        self._mr = MRImageStorage
+        self._mr = frozenset(mr_storage_classes())
+        self._syntaxes = storage_transfer_syntaxes()
         ae = pynetdicom.AE(ae_title=config.ae_title)
         ae.add_supported_context(Verification)
-        ae.add_supported_context(MRImageStorage, storage_transfer_syntaxes())
+        for sop_class in mr_storage_classes():
+            ae.add_supported_context(sop_class, self._syntaxes)
         ae.maximum_associations = config.max_associations
         ae.maximum_pdu_size = config.max_pdu
         ae.network_timeout = config.network_timeout
@@ -132,6 +200,7 @@ class StorageSCP:
         self.tracker.open_session(sid, calling)
         log.info("association %s from %s (%s:%s) accepted", sid, calling, assoc.requestor.address,
                  assoc.requestor.port)
+        log_refused_contexts(sid, calling, assoc, self._syntaxes)
 
     def _on_rejected(self, event) -> None:
         assoc = event.assoc
@@ -198,7 +267,7 @@ class StorageSCP:
             self._refuse(session, f"an unreadable data set ({type(exc).__name__})")
             return STATUS_CANNOT_UNDERSTAND
         context_class = str(event.context.abstract_syntax)
-        if context_class != self._mr or sop_class != self._mr or modality != "MR":
+        if context_class not in self._mr or sop_class != context_class or modality != "MR":
             self._refuse(session, f"a non-MR object (SOP class {sop_class or 'missing'}, modality "
                                   f"{modality or 'missing'}) on the {context_class} context: status A900")
             return STATUS_NOT_MR

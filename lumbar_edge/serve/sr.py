@@ -13,7 +13,8 @@ Content tree (Comprehensive SR, SOP class 1.2.840.10008.5.1.4.1.1.88.33)::
         CONTAINS  TEXT   Basis of finding: "model" or "class prior (...)"
         CONTAINS  NUM    Keypoint detection score                       (model findings only)
         CONTAINS  SCOORD POINT (column, row) "Keypoint"                 (model findings only)
-          SELECTED FROM  IMAGE  the MR slice the keypoint was read on (SOP class + instance)
+          SELECTED FROM  IMAGE  the MR slice the keypoint was read on (SOP class + instance,
+                                and ReferencedFrameNumber for a frame of an Enhanced MR object)
 
 Condition, level and grade codes are this project's own (coding scheme ``99LUMBAR``, declared
 in the Coding Scheme Identification Sequence); the structural codes are DCM, LN, SCT and UCUM.
@@ -121,11 +122,16 @@ def container(relationship: Optional[str], concept: Code, children: Sequence[Dat
                  ContentSequence=DicomSequence(list(children)))
 
 
-def image_reference(relationship: str, sop_class_uid: str, sop_instance_uid: str) -> Dataset:
+def image_reference(relationship: str, sop_class_uid: str, sop_instance_uid: str,
+                    frame: Optional[int] = None) -> Dataset:
+    """An IMAGE content item; ``frame`` (0-based) of a multi-frame image is referenced as its
+    1-based ReferencedFrameNumber."""
     item = _item(relationship, "IMAGE", None)
     ref = Dataset()
     ref.ReferencedSOPClassUID = sop_class_uid
     ref.ReferencedSOPInstanceUID = sop_instance_uid
+    if frame is not None:
+        ref.ReferencedFrameNumber = int(frame) + 1
     item.ReferencedSOPSequence = DicomSequence([ref])
     return item
 
@@ -167,7 +173,8 @@ def finding_container(finding: Finding, sop_classes: Mapping[str, str]) -> Datas
         children.append(text("CONTAINS", BASIS, "model"))
         children.append(num("CONTAINS", KEYPOINT_SCORE, kp.score))
         children.append(point("CONTAINS", KEYPOINT, column, row,
-                              image_reference("SELECTED FROM", sop_classes.get(kp.sop_uid, MRImageStorage), kp.sop_uid)))
+                              image_reference("SELECTED FROM", sop_classes.get(kp.sop_uid, MRImageStorage), kp.sop_uid,
+                                              kp.frame)))
     return container("CONTAINS", CONDITION_CODES[finding.condition], children)
 
 
@@ -244,8 +251,9 @@ def build_sr(result: StudyResult, source: Dataset, uids: ResultUids, *, model_na
 
 def read_sr_findings(ds: Dataset) -> List[dict]:
     """The findings of an SR made by :func:`build_sr`, as dicts: ``condition``, ``level``,
-    ``severity``, ``probabilities`` (3 floats), ``point`` ((column, row) or None) and
-    ``sop_uid`` (the referenced instance or None). For tests and downstream readers."""
+    ``severity``, ``probabilities`` (3 floats), ``point`` ((column, row) or None),
+    ``sop_uid`` (the referenced instance or None) and ``frame_number`` (its 1-based
+    ReferencedFrameNumber, None for a single-frame image). For tests and downstream readers."""
     conditions = {c[0]: name for name, c in CONDITION_CODES.items()}
     levels = {c[0]: name for name, c in LEVEL_CODES.items()}
     grades = {c[0]: SEVERITIES[i] for i, c in enumerate(GRADE_CODES)}
@@ -256,7 +264,7 @@ def read_sr_findings(ds: Dataset) -> List[dict]:
         if item.ValueType != "CONTAINER" or concept not in conditions:
             continue
         entry = {"condition": conditions[concept], "level": None, "severity": None, "probabilities": [None] * 3,
-                 "point": None, "sop_uid": None, "basis": None}
+                 "point": None, "sop_uid": None, "frame_number": None, "basis": None}
         for child in item.ContentSequence:
             name = child.ConceptNameCodeSequence[0].CodeValue
             if name == FINDING_SITE[0]:
@@ -269,6 +277,9 @@ def read_sr_findings(ds: Dataset) -> List[dict]:
                 entry["basis"] = child.TextValue
             elif name == KEYPOINT[0]:
                 entry["point"] = tuple(float(v) for v in child.GraphicData)
-                entry["sop_uid"] = child.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                ref = child.ContentSequence[0].ReferencedSOPSequence[0]
+                entry["sop_uid"] = ref.ReferencedSOPInstanceUID
+                if "ReferencedFrameNumber" in ref:
+                    entry["frame_number"] = int(ref.ReferencedFrameNumber)
         out.append(entry)
     return out
