@@ -385,9 +385,10 @@ def _record(path: str, ds, ts: str, media_class: str, pixel: Optional[Skip],
     )
 
 
-def _pixel_element_check(fp, ds, size: int) -> Optional[Skip]:
-    """After pydicom's read: None when a pixel data element follows the header and fits in the
-    file, else a skip.
+def _pixel_element(fp, ds, size: int) -> Tuple[Optional[Skip], Optional[int]]:
+    """After pydicom's read: the verdict on the pixel data element (None when one follows the
+    header and fits in the file, else a skip) and its value length (None where there is none or
+    it is undefined, i.e. encapsulated).
 
     ``dcmread(stop_before_pixels=True)`` leaves the file positioned at the element that stopped
     it, so reading that element's tag and length here costs one small read, not the pixels.
@@ -395,12 +396,6 @@ def _pixel_element_check(fp, ds, size: int) -> Optional[Skip]:
     set (not necessarily the one its file meta names, :func:`_found_implicit`), with pydicom's
     rules for the VR bytes (filereader.data_element_generator).
     """
-    return _pixel_element(fp, ds, size)[0]
-
-
-def _pixel_element(fp, ds, size: int) -> Tuple[Optional[Skip], Optional[int]]:
-    """:func:`_pixel_element_check`'s verdict and the pixel data element's value length (None
-    where there is none or it is undefined, i.e. encapsulated)."""
     where = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
