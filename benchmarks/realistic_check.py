@@ -1,8 +1,8 @@
 """Real-scanner data check (issue 17): a synthetic root made with the realistic mix of variants
 (angled per-disc axial stacks, split axial series, repeated sagittal T2s, patient positions that
-store slices flipped, missing optional tags; and, where the converters are installed, Enhanced MR
-multi-frame series and compressed transfer syntaxes) graded next to the same studies generated
-plainly (same seed: same anatomy, grades and ids).
+store slices flipped, missing optional tags, Enhanced MR multi-frame series and compressed
+transfer syntaxes: ``synth --realistic``) graded next to the same studies generated plainly
+(same seed: same anatomy, grades and ids).
 
 It reports, per part and never only overall:
 - studies graded / failed (with the error), and any traceback (there must be none);
@@ -77,9 +77,13 @@ def run_check(model: Path, work: Path, n_studies: int, seed: int, backend: str) 
     from lumbar_edge.synth.dataset import load_truth
 
     realistic, plain = work / "realistic", work / "plain"
+    from lumbar_edge.synth.transcode import postprocess_realistic, realistic_encoding
+
     if not (realistic / "train.csv").exists():
         summary = synthesize(realistic, n_studies=n_studies, seed=seed, progress=False, realistic=True)
         print(summary.describe(), flush=True)
+        counts = postprocess_realistic(realistic)
+        print("encodings: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())), flush=True)
     if not (plain / "train.csv").exists():
         synthesize(plain, n_studies=n_studies, seed=seed, progress=False)
     truth = {str(st["study_id"]): st for st in load_truth(realistic)["studies"]}
@@ -99,7 +103,7 @@ def run_check(model: Path, work: Path, n_studies: int, seed: int, backend: str) 
     for sid, r in sorted(got_r.items()):
         p = got_p.get(sid)
         variant = truth[sid]["variant"]
-        row = {"study_id": sid, "variant": variant}
+        row = {"study_id": sid, "variant": variant, "encoding": realistic_encoding(seed, int(truth[sid]["index"]))}
         if isinstance(r, str) or isinstance(p, str) or p is None:
             row["error"] = r if isinstance(r, str) else f"plain study: {p}"
             per_study.append(row)
@@ -119,6 +123,8 @@ def run_check(model: Path, work: Path, n_studies: int, seed: int, backend: str) 
             tags.append("repeated sagittal")
         if variant["drop_optional_tags"]:
             tags.append("no optional tags")
+        enhanced, syntax = realistic_encoding(seed, int(truth[sid]["index"]))
+        tags.append(f"encoding {'enhanced MR ' if enhanced else ''}{syntax or 'explicit'}")
         study_d = []
         for f in r.findings:
             view = VIEW_OF[f.condition]

@@ -59,8 +59,8 @@ def scan(path: Path, as_json: bool, workers: Optional[int], quiet: bool) -> None
               help="How the slices are stored (feet first: sagittal head-down; prone: axial upside down ...).")
 @click.option("--drop-optional-tags", is_flag=True,
               help="Leave out SpacingBetweenSlices, SliceThickness, SeriesDescription, ProtocolName, SliceLocation.")
-@click.option("--realistic", is_flag=True, help="Draw the options above per study, in the proportions of real "
-                                                 "exports (overrides them).")
+@click.option("--realistic", is_flag=True, help="The options above, Enhanced MR and the transfer syntax chosen per "
+                                                 "study in the proportions of real exports (overrides them).")
 @click.option("--enhanced-mr", is_flag=True, help="Write each series as one Enhanced MR multi-frame file.")
 @click.option("--transfer-syntax", type=click.Choice(["explicit", "implicit", "deflated", "jpeg2000", "jpegls", "rle"]),
               default=None, help="Re-encode every file in this transfer syntax (lossless; default explicit VR LE).")
@@ -69,11 +69,17 @@ def synth(out_dir: Path, n_studies: int, seed: int, workers: Optional[int], quie
           transfer_syntax: Optional[str]) -> None:
     """Write synthetic lumbar-spine MRI studies in the RSNA 2024 layout (demo and test data)."""
     from .synth import synthesize
-    from .synth.transcode import postprocess_dataset
+    from .synth.transcode import postprocess_dataset, postprocess_realistic
 
     summary = synthesize(out_dir, n_studies=n_studies, seed=seed, workers=workers, progress=not quiet,
                          axial_layout=axial_layout, repeat_sagittal=repeat_sagittal, patient_position=patient_position,
                          drop_optional_tags=drop_optional_tags, realistic=realistic)
+    if realistic and not (enhanced_mr or transfer_syntax):
+        # The realistic mix covers the encodings too: a quarter Enhanced MR, half compressed.
+        counts = postprocess_realistic(out_dir)
+        click.echo(summary.describe())
+        click.echo("encodings: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())))
+        return
     postprocess_dataset(out_dir, enhanced_mr=enhanced_mr, transfer_syntax=transfer_syntax or "")
     click.echo(summary.describe())
 

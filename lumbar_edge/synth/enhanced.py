@@ -158,9 +158,11 @@ def enhanced_dataset(classic: Sequence[Dataset], sop_instance_uid: Optional[str]
               DimensionIndexPointer=pydicom.datadict.tag_for_keyword("InStackPositionNumber"),
               FunctionalGroupPointer=frame_content, DimensionDescriptionLabel="In-Stack Position Number"),
     ])
-    out.SharedFunctionalGroupsSequence = DicomSequence([_shared_groups(first)])
+    # Angled stacks in one series: each frame carries its own orientation, else it is shared.
+    per_frame_orientation = len({tuple(str(v) for v in ds.ImageOrientationPatient) for ds in slices}) > 1
+    out.SharedFunctionalGroupsSequence = DicomSequence([_shared_groups(first, not per_frame_orientation)])
     out.PerFrameFunctionalGroupsSequence = DicomSequence([
-        _frame_groups(ds, number, first) for number, ds in enumerate(slices, start=1)])
+        _frame_groups(ds, number, first, per_frame_orientation) for number, ds in enumerate(slices, start=1)])
     frames = [np.ascontiguousarray(ds.pixel_array) for ds in slices]
     dtype = frames[0].dtype.newbyteorder("<")
     data = b"".join(f.astype(dtype, copy=False).tobytes() for f in frames)
@@ -176,11 +178,13 @@ def _contrast(ds: Dataset) -> str:
     return "T2" if tr >= 1500 else "T1"
 
 
-def _shared_groups(first: Dataset) -> Dataset:
-    """The functional groups every frame of a classic series shares."""
+def _shared_groups(first: Dataset, orientation: bool = True) -> Dataset:
+    """The functional groups every frame of a classic series shares (the plane orientation
+    only when ``orientation``: a series of angled stacks has it per frame)."""
     ti = first.get("InversionTime")
     groups = Dataset()
-    groups.PlaneOrientationSequence = _seq(ImageOrientationPatient=list(first.ImageOrientationPatient))
+    if orientation:
+        groups.PlaneOrientationSequence = _seq(ImageOrientationPatient=list(first.ImageOrientationPatient))
     measures = _item(PixelSpacing=list(first.PixelSpacing), SliceThickness=first.get("SliceThickness", "1") or "1")
     if first.get("SpacingBetweenSlices") is not None:
         measures.SpacingBetweenSlices = first.SpacingBetweenSlices
@@ -230,9 +234,10 @@ def _shared_groups(first: Dataset) -> Dataset:
     return groups
 
 
-def _frame_groups(ds: Dataset, number: int, first: Dataset) -> Dataset:
+def _frame_groups(ds: Dataset, number: int, first: Dataset, orientation: bool = False) -> Dataset:
+    """The functional groups of one frame: its position (and, with ``orientation``, its plane
+    orientation) and where it sits in the stack."""
     # The acquisition duration of one slice of a 2D multi-slice TSE: about one TR.
-    """The functional groups of one frame: its position and where it sits in the stack."""
     groups = Dataset()
     date = str(ds.get("AcquisitionDate", "") or first.get("StudyDate", "") or "19700101")
     time = str(ds.get("AcquisitionTime", "") or first.get("SeriesTime", "") or "000000").split(".")[0]
@@ -240,6 +245,8 @@ def _frame_groups(ds: Dataset, number: int, first: Dataset) -> Dataset:
         FrameAcquisitionNumber=number, FrameReferenceDateTime=f"{date}{time}", FrameAcquisitionDateTime=f"{date}{time}",
         FrameAcquisitionDuration=float(first.RepetitionTime), StackID="1", InStackPositionNumber=number, DimensionIndexValues=[1, number])
     groups.PlanePositionSequence = _seq(ImagePositionPatient=list(ds.ImagePositionPatient))
+    if orientation:
+        groups.PlaneOrientationSequence = _seq(ImageOrientationPatient=list(ds.ImageOrientationPatient))
     return groups
 
 

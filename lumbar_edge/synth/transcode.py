@@ -92,6 +92,47 @@ def transcode_tree(root: Union[str, os.PathLike], syntax: str) -> List[Path]:
     return done
 
 
+#: The realistic mix's encodings, cycled over the study indices from a seed-dependent offset:
+#: a quarter of the studies Enhanced MR, and the transfer syntaxes a PACS export or a scanner
+#: proposes (half of the studies compressed).
+_MIX_ENHANCED = 4
+_MIX_SYNTAX = ("", "jpeg2000", "", "jpegls", "", "rle", "", "deflated", "jpeg2000", "implicit")
+
+
+def realistic_encoding(seed: int, index: int) -> "tuple[bool, str]":
+    """(Enhanced MR, transfer syntax name or "") of study ``index`` in the realistic mix of the
+    dataset made with ``seed``."""
+    import numpy as np
+
+    offsets = np.random.default_rng(np.random.SeedSequence([abs(int(seed)), 1 if seed < 0 else 0, 7])).integers(0, 60, 2)
+    return ((index + int(offsets[0])) % _MIX_ENHANCED == 0,
+            _MIX_SYNTAX[(index + int(offsets[1])) % len(_MIX_SYNTAX)])
+
+
+def postprocess_realistic(out_dir: Union[str, os.PathLike]) -> Dict[str, int]:
+    """Apply the realistic mix's encodings (:func:`realistic_encoding`) to a dataset written by
+    ``synthesize(..., realistic=True)``, study by study, in place; returns how many studies got
+    each encoding ("enhanced", and each syntax name)."""
+    import json
+
+    from .dataset import TRUTH_FILE
+    from .enhanced import convert_study
+
+    out = Path(out_dir)
+    truth = json.loads((out / TRUTH_FILE).read_text())
+    counts: Dict[str, int] = {}
+    for st in truth["studies"]:
+        enhanced, syntax = realistic_encoding(int(truth["seed"]), int(st["index"]))
+        study = out / "train_images" / str(st["study_id"])
+        if enhanced:
+            convert_study(study)
+            counts["enhanced MR"] = counts.get("enhanced MR", 0) + 1
+        if syntax:
+            transcode_tree(study, syntax)
+        counts[syntax or "explicit"] = counts.get(syntax or "explicit", 0) + 1
+    return counts
+
+
 def postprocess_dataset(out_dir: Union[str, os.PathLike], enhanced_mr: bool = False,
                         transfer_syntax: str = "") -> int:
     """The ``synth`` options that change how a written dataset is encoded, applied in place to
