@@ -161,18 +161,10 @@ class Pipeline:
         c0, c1 = self.layout.channels[view]
         timings = prepared.timings
         out: List[SlicePeaks] = []
-        usable = []
-        for centre in centres:
-            try:
-                self._image(prepared, series, centre)
-            except _BadSlice:
-                continue  # left out; _Prepared.pixels put the reason in the warnings
-            usable.append(centre)
-        for start in range(0, len(usable), self.batch_size):
-            chunk = usable[start:start + self.batch_size]
-            # Each input is used once: dropping it here keeps a study's memory to one batch of
-            # inputs (a 200-slice series at 512 px would otherwise hold 600 MB of them).
-            prepped = [prepared.images.pop((series.series_uid, centre)) for centre in chunk]
+        half = self.preprocess.in_channels // 2 + 1
+
+        def run(chunk) -> None:
+            centres_, prepped = [c for c, _ in chunk], [p for _, p in chunk]
             images = np.ascontiguousarray(np.stack([p[0] for p in prepped]))
             t2 = time.perf_counter()
             if heatmap_sink is not None:
@@ -183,7 +175,7 @@ class Pipeline:
             else:
                 decoded = self.engine.infer_decoded(images, self.groups)
             t3 = time.perf_counter()
-            for j, centre in enumerate(chunk):
+            for j, centre in enumerate(centres_):
                 orient = prepped[j][2]
                 out.append(SlicePeaks(slice_index=centre, instance=series.instances[centre], letterbox=prepped[j][1],
                                       xy=np.stack([decoded.x[j, c0:c1], decoded.y[j, c0:c1]], -1).astype(np.float64),
@@ -193,11 +185,32 @@ class Pipeline:
                 if heatmap_sink is not None:
                     heatmap_sink[centre] = raw["heatmap"][j, c0:c1]
             timings["infer"] = timings.get("infer", 0.0) + (t3 - t2)
+
+        # Inputs are made a batch at a time and each is used once, and decoded slices are
+        # forgotten once no later input needs them (centres ascend; an input's slices lie
+        # within ``half`` of it): a study holds one batch of inputs and a few decoded slices,
+        # not a whole series (a 200-slice series at 512 px would hold 600 MB of inputs).
+        chunk = []
+        for centre in sorted(centres):
+            try:
+                self._image(prepared, series, centre)
+            except _BadSlice:
+                continue  # left out; _Prepared.pixels put the reason in the warnings
+            chunk.append((centre, prepared.images.pop((series.series_uid, centre))))
+            prepared.release_pixels(series, below=centre - half)
+            if len(chunk) == self.batch_size:
+                run(chunk)
+                chunk = []
+        if chunk:
+            run(chunk)
+        out.sort(key=lambda p: p.slice_index)
         prepared.release(series)
         return out
 
     #: Views whose every slice is inferred: a prefetch can prepare them before the engine runs.
     FULL_SERIES_VIEWS = ("sagittal_t2", "sagittal_t1")
+    #: The most a prefetch prepares of a study's inputs ahead of the engine (bytes).
+    PREFETCH_BYTES = 192 << 20
 
     def prepare(self, study, *, prefetch: bool = False, scan_executor: str = "auto") -> "_Prepared":
         """The CPU half of a study: scan (for a folder), series selection and, with ``prefetch``,
@@ -226,16 +239,25 @@ class Pipeline:
                              f"axial T2) was found" + (f" ({reasons})" if reasons else ""))
         prepared = _Prepared(study, selection, timings)
         if prefetch:
+            # Inputs made ahead wait for the engine, so they are capped (PREFETCH_BYTES): a
+            # 2 x 200-slice study at 512 px would otherwise hold 2.4 GB of them.
+            budget = self.PREFETCH_BYTES
+            size = 4 * self.preprocess.in_channels * self.preprocess.height * self.preprocess.width
+            half = self.preprocess.in_channels // 2 + 1
             for view in self.FULL_SERIES_VIEWS:
                 if view in selection.chosen:
                     s = selection.chosen[view]
                     for centre in range(len(s.instances)):
+                        if budget < size:
+                            break
                         try:
                             self._image(prepared, s, centre)
                         except _BadSlice:
                             continue
-                    # The inputs are made; the decoded slices are not needed again until the
-                    # few keypoint slices are kept for the overlays.
+                        budget -= size
+                        prepared.release_pixels(s, below=centre - half)
+                    # The decoded slices are not needed again until the few keypoint slices are
+                    # kept for the overlays, or the engine makes the rest of the inputs.
                     prepared.release_pixels(s)
         return prepared
 
@@ -260,7 +282,7 @@ class Pipeline:
             for p in peaks_used:
                 key = slice_key(series.series_uid, p.instance.sop_uid, p.instance.frame)
                 if key not in slices:
-                    pixels = prepared.pixels(series, p.slice_index)
+                    pixels = prepared.pixels(series, p.slice_index, cache=False)
                     if pixels is not None:
                         # Padding (NaN) shown as the darkest value on overlays.
                         slices[key] = np.nan_to_num(pixels, nan=float(np.nanmin(pixels)) if np.isfinite(pixels).any()
@@ -412,10 +434,11 @@ class _Prepared:
         self._pixels: Dict[Tuple[str, int], Optional[np.ndarray]] = {}
         self._orients: Dict[Tuple[str, object], object] = {}
 
-    def pixels(self, series, index: int) -> Optional[np.ndarray]:
-        """Slice ``index`` of ``series``, decoded once per study; None (and a warning in the
-        report) when its pixel data cannot be decoded: one bad file costs its slice, not the
-        study. A missing codec (MissingDependencyError) is not a bad file and is raised."""
+    def pixels(self, series, index: int, cache: bool = True) -> Optional[np.ndarray]:
+        """Slice ``index`` of ``series``, decoded once per study while it is cached (``cache``:
+        keep it for the next inputs); None (and a warning in the report) when its pixel data
+        cannot be decoded: one bad file costs its slice, not the study. A missing codec
+        (MissingDependencyError) is not a bad file and is raised."""
         key = (series.series_uid, index)
         if key in self._pixels:
             return self._pixels[key]
@@ -426,7 +449,8 @@ class _Prepared:
             self.warnings.append(f"series {series.series_number if series.series_number is not None else series.series_id} "
                                  f"instance {inst.instance_number}: {exc}; the slice is left out")
             arr = None
-        self._pixels[key] = arr
+        if cache or arr is None:
+            self._pixels[key] = arr
         return arr
 
     def orientation(self, series, index: int):
@@ -441,9 +465,11 @@ class _Prepared:
             hit = self._orients[key] = reorientation_for(inst.image_orientation, series.plane, inst.rows, inst.columns)
         return hit
 
-    def release_pixels(self, series) -> None:
-        """Forget the decoded slices of ``series`` (bad slices stay remembered as bad)."""
-        for key in [k for k, v in self._pixels.items() if k[0] == series.series_uid and v is not None]:
+    def release_pixels(self, series, below: Optional[int] = None) -> None:
+        """Forget the decoded slices of ``series`` (those with an index under ``below`` when
+        given); bad slices stay remembered as bad."""
+        for key in [k for k, v in self._pixels.items() if k[0] == series.series_uid and v is not None
+                    and (below is None or k[1] < below)]:
             del self._pixels[key]
 
     def release(self, series) -> None:

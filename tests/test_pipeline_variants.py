@@ -233,3 +233,25 @@ def test_a_slice_whose_pixels_cannot_be_decoded_costs_that_slice_not_the_study(r
     bad = [w for w in result.warnings if f"instance {victim.instance_number}:" in w]
     assert len(bad) == 1 and bad[0].endswith("the slice is left out"), result.warnings
     assert sum(f.source == "model" for f in result.findings if "foraminal" in f.condition) == 10
+
+
+def test_a_study_holds_a_few_decoded_slices_and_one_batch_of_inputs_not_whole_series(roots, pipe, monkeypatch):
+    from lumbar_edge import pipeline as pipeline_module
+
+    _, study = _study(roots["plain"])
+    held = {"pixels": 0, "images": 0}
+    real = pipeline_module._Prepared.pixels
+
+    def counting(self, series, index, **kwargs):
+        out = real(self, series, index, **kwargs)
+        held["pixels"] = max(held["pixels"], sum(v is not None for v in self._pixels.values()))
+        held["images"] = max(held["images"], len(self.images))
+        return out
+
+    monkeypatch.setattr(pipeline_module._Prepared, "pixels", counting)
+    result = pipe.run_study(study)
+    assert len(result.findings) == 25
+    largest = max(len(s.instances) for s in study.series)
+    # A sliding window of decoded slices (an input's neighbours) and at most one batch of inputs.
+    assert held["pixels"] <= 2 * pipe.preprocess.in_channels + 2 < largest
+    assert held["images"] <= pipe.batch_size
