@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Optional
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from .. import __version__
+from ..dicom.meta import file_meta
 
 MANUFACTURER = "lumbar-edge"
 #: Patient and General Study module attributes copied from the source study. Type 2 attributes
@@ -76,12 +77,7 @@ def new_result_dataset(source: Dataset, *, sop_class_uid: str, sop_instance_uid:
                        model_name: str, now: _dt.datetime) -> Dataset:
     """A dataset in the source's study (patient and study attributes copied, same
     StudyInstanceUID) with SOP Common, General/SR Series and General Equipment filled in."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "LUMBAR_EDGE"
+    meta = file_meta(sop_class_uid, sop_instance_uid)
     ds = Dataset()
     ds.file_meta = meta
     if "SpecificCharacterSet" in source:

@@ -71,7 +71,7 @@ class SynthSummary:
             f"labels: {dist}; unlabelled {self.unlabelled}",
             f"sagittal T2/STIR series: {self.n_studies - self.stir_series} T2, {self.stir_series} STIR; "
             f"3D ground truth in {self.truth_path.name}",
-        ] + ([f"variants: " + "; ".join(f"{k.replace('_', ' ')} " + ", ".join(f"{v} {n}" for v, n in sorted(c.items()))
+        ] + (["variants: " + "; ".join(f"{k.replace('_', ' ')} " + ", ".join(f"{v} {n}" for v, n in sorted(c.items()))
                                         for k, c in self.variants.items())]
              if any(len(c) > 1 or next(iter(c)) not in ("single", "False", "HFS") for c in self.variants.values())
              else []))

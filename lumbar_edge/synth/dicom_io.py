@@ -16,10 +16,10 @@ from typing import Iterator, Sequence, Tuple
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (PYDICOM_IMPLEMENTATION_UID, PYDICOM_ROOT_UID, ExplicitVRLittleEndian, MRImageStorage,
-                         generate_uid)
+from pydicom.dataset import Dataset
+from pydicom.uid import PYDICOM_ROOT_UID, MRImageStorage, generate_uid
 
+from ..dicom.meta import file_meta
 from .plan import SeriesPlan, StudyPlan
 from .variants import OPTIONAL_TAGS
 
@@ -65,12 +65,7 @@ def instance_datasets(plan: StudyPlan, series: SeriesPlan, pixels: np.ndarray) -
     for k in range(g.n_slices):
         number = series.first_instance + k
         sop = uid(plan.seed, plan.study_id, series.series_id, number)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = sop
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "LUMBAR_EDGE"
+        meta = file_meta(MRImageStorage, sop)
         ds = Dataset()
         ds.file_meta = meta
         ds.SpecificCharacterSet = "ISO_IR 100"

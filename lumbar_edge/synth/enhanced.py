@@ -18,10 +18,11 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
+from ..dicom.meta import file_meta
 from ..errors import InputError
 
 ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -76,12 +77,7 @@ def enhanced_dataset(classic: Sequence[Dataset], sop_instance_uid: Optional[str]
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             raise InputError("every instance to convert needs ImagePositionPatient and ImageOrientationPatient")
     sop = sop_instance_uid or generate_uid(entropy_srcs=["lumbar-edge-enhanced", first.SeriesInstanceUID])
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ENHANCED_MR_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "LUMBAR_EDGE"
+    meta = file_meta(ENHANCED_MR_STORAGE, sop)
     out = Dataset()
     out.file_meta = meta
     for keyword in _COPIED:

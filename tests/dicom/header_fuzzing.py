@@ -43,15 +43,22 @@ def _dataset(make_dataset, **kw) -> Dataset:
     return ds
 
 
-def _with_sequences(ds: Dataset) -> Dataset:
-    # Nested items holding scan tags: they must not leak out (an undefined-length sequence is
-    # written by pydicom when the element's is_undefined_length is set).
+def nested_scan_item() -> Dataset:
+    """A sequence item holding scan tags (SOPInstanceUID 9.9.9, Rows, and a nested PixelSpacing):
+    a reader must not let them leak out of the sequence."""
     item = Dataset()
     item.SOPInstanceUID = "9.9.9"
     item.Rows = 1
     inner = Dataset()
     inner.PixelSpacing = [9.0, 9.0]
     item.ReferencedImageSequence = Sequence([inner])
+    return item
+
+
+def _with_sequences(ds: Dataset) -> Dataset:
+    # Nested items holding scan tags: they must not leak out (an undefined-length sequence is
+    # written by pydicom when the element's is_undefined_length is set).
+    item = nested_scan_item()
     ds.SourceImageSequence = Sequence([item, Dataset()])
     ds["SourceImageSequence"].is_undefined_length = True
     ds.ReferencedSeriesSequence = Sequence([item])

@@ -17,7 +17,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from header_fuzzing import retag
+from header_fuzzing import nested_scan_item, retag
 from lumbar_edge.dicom import headers, scan_path
 from lumbar_edge.dicom.fastread import Truncated, Unhandled, read_tags
 from lumbar_edge.errors import DicomError
@@ -125,12 +125,7 @@ def _corpus(dcm, folder: Path):
     corpus["implicit VR pixel length spelling DA"] = (data, False)
     # Undefined-length sequences holding scan tags, in both encodings (nothing may leak out),
     # and one cut short inside an item (pydicom refuses what the fast reader cannot skip).
-    item = Dataset()
-    item.SOPInstanceUID = "9.9.9"
-    item.Rows = 1
-    inner = Dataset()
-    inner.PixelSpacing = [9.0, 9.0]
-    item.ReferencedImageSequence = Sequence([inner])
+    item = nested_scan_item()
     for ts in (uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian):
         ds = dcm.make_dataset(study_uid="1.2.3", series_uid="1.2.3.4", sop_uid="1.2.3.4.5")
         ds.SourceImageSequence = Sequence([item, Dataset()])
