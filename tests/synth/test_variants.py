@@ -110,3 +110,19 @@ def test_unknown_variant_values_are_refused():
         TINY.replace(axial_layout="spiral")
     with pytest.raises(InputError, match="patient_position must be one of"):
         TINY.replace(patient_position="LDL")
+
+
+def test_a_realistic_root_scans_to_every_study_with_its_three_views(tmp_path):
+    from lumbar_edge.dicom import scan_path
+    from lumbar_edge.synth.transcode import postprocess_realistic, realistic_encoding
+
+    synthesize(tmp_path / "r", n_studies=4, seed=8, workers=1, options=TINY.replace(realistic=True))
+    counts = postprocess_realistic(tmp_path / "r")
+    encodings = [realistic_encoding(8, i) for i in range(4)]
+    assert counts.get("enhanced MR", 0) == sum(e for e, _ in encodings)
+    assert sum(n for name, n in counts.items() if name != "enhanced MR") == 4
+    scan = scan_path(tmp_path / "r" / "train_images", progress=False)
+    assert len(scan.studies) == 4 and not scan.skipped
+    for study in scan.studies:
+        kinds = {s.kind.value for s in study.series}
+        assert {"sagittal_t1", "sagittal_t2", "axial_t2"} <= kinds, [(s.description, s.kind, s.plane) for s in study.series]
