@@ -203,7 +203,6 @@ class Pipeline:
                 chunk = []
         if chunk:
             run(chunk)
-        out.sort(key=lambda p: p.slice_index)
         prepared.release(series)
         return out
 
