@@ -23,10 +23,16 @@ def summary_line(result: ScanResult) -> str:
     return text
 
 
+def _slices(s: Series) -> str:
+    """The slice count, with the number of stacks when there are several ("37/5 stacks")."""
+    stacks = len(s.stacks)
+    return f"{len(s.instances)}/{stacks} stacks" if stacks > 1 else str(len(s.instances))
+
+
 def _series_row(s: Series) -> List[str]:
     spacing = f"{s.pixel_spacing[0]:.3g}x{s.pixel_spacing[1]:.3g}" if s.pixel_spacing else "-"
     return [s.series_id, "-" if s.series_number is None else str(s.series_number), s.kind.value, s.plane.value,
-            s.weighting.value, s.classified_by, str(len(s.instances)), f"{s.rows}x{s.columns}", spacing,
+            s.weighting.value, s.classified_by, _slices(s), f"{s.rows}x{s.columns}", spacing,
             _num(s.spacing), s.description or "-"]
 
 

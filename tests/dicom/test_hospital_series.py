@@ -121,3 +121,13 @@ def test_a_three_plane_localizer_stays_mixed(study_root, tmp_path):
     study = scan_path(dst, progress=False).studies[0]
     mixed = next(s for s in study.series if s.series_uid == ax.series_uid)
     assert mixed.plane is Plane.MIXED and mixed.kind.value == "other"
+
+
+def test_the_scan_table_shows_the_stacks_of_an_axial_series(tmp_path):
+    from lumbar_edge.dicom import format_scan
+
+    synthesize(tmp_path / "d", n_studies=1, seed=41, workers=1, options=SynthOptions.tiny(axial_layout="stacks"))
+    scan = scan_path(tmp_path / "d" / "train_images", progress=False)
+    axial = scan.studies[0].series_of_kind("axial_t2")[0]
+    row = next(line for line in format_scan(scan).splitlines() if line.strip().startswith(axial.series_id))
+    assert f"{len(axial.instances)}/5 stacks" in row
