@@ -38,7 +38,8 @@ import numpy as np
 from lumbar_edge.errors import InputError, LumbarEdgeError
 from lumbar_edge.labels import (CONDITIONS, LABEL_COLUMNS, LEVELS, VIEWS, HeadLayout, condition_from_title,
                                 level_from_title, severity_index)
-from lumbar_edge.preprocess import PreprocessConfig, channel_indices, preprocess_stack
+from lumbar_edge.dicom.orient import reorientation_for
+from lumbar_edge.preprocess import PreprocessConfig, preprocess_stack
 from lumbar_edge.progress import Progress
 
 log = logging.getLogger("lumbar_edge.training")
@@ -288,8 +289,13 @@ class LabelledSeries:
         """
         k_total = self.layout.num_keypoints
         c0, c1 = self.layout.channels[self.view]
-        idx = channel_indices(self.num_slices, index, config.in_channels)
-        image, box = preprocess_stack(np.stack([self.pixels(i) for i in idx]), config)
+        idx = self.series.neighbour_indices(index, config.in_channels)
+        # The slices turned to the trained orientation as inference turns them (IOP decides:
+        # a series stored head-down or mirrored is learnt as the runtime will show it), and the
+        # labels, given on the stored grid, turned with them.
+        inst = self.series.instances[index]
+        orient = reorientation_for(inst.image_orientation, self.series.plane, inst.rows, inst.columns)
+        image, box = preprocess_stack(orient.apply(np.stack([self.pixels(i) for i in idx])), config)
         points = np.full((k_total, 2), np.nan, dtype=np.float32)
         weight = np.zeros(k_total, dtype=np.float32)
         severity = np.full(k_total, -1, dtype=np.int64)
@@ -311,7 +317,7 @@ class LabelledSeries:
             if abs(d) >= best_d[ch]:
                 continue
             best_d[ch] = abs(d)
-            points[ch] = box.to_model(x, y)
+            points[ch] = box.to_model(*orient.to_reoriented(x, y))
             weight[ch] = w
             severity[ch] = p.severity
             if self.view == "sagittal_t1":

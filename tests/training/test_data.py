@@ -116,3 +116,24 @@ def test_sampling_options_are_checked():
         SamplingConfig(positives=(1, -1, 1))
     cfg = SamplingConfig(sigma_mm=3.0, neighbours=(0, 1, 2))
     assert SamplingConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_series_stored_for_another_patient_position_gives_the_same_samples(tmp_path):
+    """Slices stored flipped (feet first, prone: the generator moves the plain pixels) are
+    turned to the trained orientation with their labels: the very samples of the plain study."""
+    from lumbar_edge.synth import SynthOptions, synthesize
+
+    opts = SynthOptions.tiny(partly_unlabelled_fraction=0.0)
+    synthesize(tmp_path / "plain", n_studies=1, seed=13, workers=1, options=opts)
+    synthesize(tmp_path / "ffp", n_studies=1, seed=13, workers=1, options=opts.replace(patient_position="FFP"))
+    plain = {s.view: s for s in build_series(RsnaDataset.load(tmp_path / "plain"), ALL_VIEWS)}
+    flipped = {s.view: s for s in build_series(RsnaDataset.load(tmp_path / "ffp"), ALL_VIEWS)}
+    assert plain.keys() == flipped.keys() == {"sagittal_t2", "sagittal_t1", "axial_t2"}
+    for view, a in plain.items():
+        b = flipped[view]
+        assert a.num_slices == b.num_slices
+        for index in {p.slice_index for p in a.points}:
+            sa, sb = a.sample(index, PRE, 2.5), b.sample(index, PRE, 2.5)
+            np.testing.assert_allclose(sa.image, sb.image, atol=1e-5, err_msg=view)
+            np.testing.assert_array_equal(sa.present, sb.present)
+            np.testing.assert_allclose(sa.points[sa.present], sb.points[sb.present], atol=1e-2, err_msg=view)
