@@ -102,11 +102,10 @@ _MIX_SYNTAX = ("", "jpeg2000", "", "jpegls", "", "rle", "", "deflated", "jpeg200
 def realistic_encoding(seed: int, index: int) -> "tuple[bool, str]":
     """(Enhanced MR, transfer syntax name or "") of study ``index`` in the realistic mix of the
     dataset made with ``seed``."""
-    import numpy as np
+    from .variants import mix_offsets
 
-    offsets = np.random.default_rng(np.random.SeedSequence([abs(int(seed)), 1 if seed < 0 else 0, 7])).integers(0, 60, 2)
-    return ((index + int(offsets[0])) % _MIX_ENHANCED == 0,
-            _MIX_SYNTAX[(index + int(offsets[1])) % len(_MIX_SYNTAX)])
+    offsets = mix_offsets(seed, 7, 2)
+    return (index + offsets[0]) % _MIX_ENHANCED == 0, _MIX_SYNTAX[(index + offsets[1]) % len(_MIX_SYNTAX)]
 
 
 def postprocess_realistic(out_dir: Union[str, os.PathLike]) -> Dict[str, int]:

@@ -72,14 +72,21 @@ _MIX_REPEAT = 5
 _MIX_DROP = 4
 
 
+def mix_offsets(seed: int, stream: int, count: int) -> List[int]:
+    """``count`` offsets (0-59) into the realistic mix's cycles for the dataset made with
+    ``seed``: one per cycle, so that each dataset orders its variants differently."""
+    rng = np.random.default_rng(np.random.SeedSequence([abs(int(seed)), 1 if seed < 0 else 0, int(stream)]))
+    return [int(v) for v in rng.integers(0, 60, count)]
+
+
 def draw_realistic(seed: int, index: int) -> Variant:
     """Study ``index``'s variant in the ``--realistic`` mix of the dataset made with ``seed``
     (see :data:`_MIX_LAYOUT` and the rest: fixed proportions, seed-dependent order)."""
-    offsets = np.random.default_rng(np.random.SeedSequence([abs(int(seed)), 1 if seed < 0 else 0, 6])).integers(0, 60, 4)
-    layout = _MIX_LAYOUT[(index + int(offsets[0])) % len(_MIX_LAYOUT)]
-    position = _MIX_POSITION[(index + int(offsets[1])) % len(_MIX_POSITION)]
-    repeat = (index + int(offsets[2])) % _MIX_REPEAT == 0
-    drop = (index + int(offsets[3])) % _MIX_DROP == 0
+    offsets = mix_offsets(seed, 6, 4)
+    layout = _MIX_LAYOUT[(index + offsets[0]) % len(_MIX_LAYOUT)]
+    position = _MIX_POSITION[(index + offsets[1]) % len(_MIX_POSITION)]
+    repeat = (index + offsets[2]) % _MIX_REPEAT == 0
+    drop = (index + offsets[3]) % _MIX_DROP == 0
     return Variant(layout, repeat, position, drop)
 
 
@@ -161,6 +168,6 @@ def describe_mix(variants: Sequence[Variant]) -> Dict[str, Dict[str, int]]:
     return out
 
 
-__all__ = ["AXIAL_LAYOUTS", "PATIENT_POSITIONS", "OPTIONAL_TAGS", "Variant", "draw_realistic", "flip_geometry",
+__all__ = ["AXIAL_LAYOUTS", "PATIENT_POSITIONS", "OPTIONAL_TAGS", "Variant", "draw_realistic", "mix_offsets", "flip_geometry",
            "storage_flips", "split_ranges", "disc_stack_dirs", "extra_series_ids", "variant_for", "describe_mix"]
 
