@@ -24,8 +24,9 @@ sagittal T1 and T2 series and the axial series of a study share one patient coor
   segment, so the canal levels of the T2 series hold the T1 levels where the network would name
   the foramina one level off.
 - **Axial level**: per disc level, the axial slice whose plane is nearest that disc (the canal
-  point found on the sagittal T2 series, in patient mm), taken from whichever axial series or stack has it: one parallel stack, several stacks angled along
-  their discs, or several series covering different discs.
+  point found on the sagittal T2 series, in patient mm), taken from whichever axial series or
+  stack has it: one parallel stack, several stacks angled along their discs, or several series
+  covering different discs.
 """
 from __future__ import annotations
 
