@@ -325,11 +325,13 @@ def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequ
         warnings.append(f"{len(recs) - len(located)} slice(s) without ImagePositionPatient or "
                         f"ImageOrientationPatient were left out of the series")
         recs = located
-    spacing_of = {}
+    # Which tag gives the pixel size, read per record (the frames of one multi-frame file share
+    # its path but may each have their own PixelMeasuresSequence).
+    spacing_tag = None
     if any(r.pixel_spacing is not None for r in recs):
-        spacing_of = {r.path: r.pixel_spacing for r in recs}
+        spacing_tag = "pixel_spacing"
     elif any(r.imager_pixel_spacing is not None for r in recs):
-        spacing_of = {r.path: r.imager_pixel_spacing for r in recs}
+        spacing_tag = "imager_pixel_spacing"
         warnings.append("no PixelSpacing: ImagerPixelSpacing is used for the pixel size, so distances in mm "
                         "may be off by the detector's magnification")
     elif located:
@@ -338,7 +340,7 @@ def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequ
     instances = [Instance(
         file=r.path, sop_uid=r.sop_uid, instance_number=r.instance_number if r.instance_number is not None else 0,
         rows=r.rows, columns=r.columns, image_position=r.position, image_orientation=r.orientation,
-        pixel_spacing=spacing_of.get(r.path), photometric=r.photometric, rescale_slope=r.rescale_slope,
+        pixel_spacing=getattr(r, spacing_tag) if spacing_tag else None, photometric=r.photometric, rescale_slope=r.rescale_slope,
         rescale_intercept=r.rescale_intercept, transfer_syntax_uid=r.transfer_syntax_uid, bits_stored=r.bits_stored,
         pixel_representation=r.pixel_representation, pixel_padding_value=r.pixel_padding_value,
         pixel_padding_range_limit=r.pixel_padding_range_limit, frame=r.frame) for r in recs]
@@ -383,7 +385,7 @@ def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequ
         spacing = first.spacing_between_slices or first.slice_thickness
     seq = _series_sequence(recs)
     result = classify_series(plane, seq, rules)
-    pixel_spacing = spacing_of.get(first.path)
+    pixel_spacing = getattr(first, spacing_tag) if spacing_tag else None
     return Series(series_uid=first.series_uid, series_id=series_id, series_number=first.series_number,
                   description=first.series_description, kind=result.kind, plane=plane, weighting=result.weighting,
                   instances=instances, spacing=spacing, rows=first.rows, columns=first.columns,

@@ -122,7 +122,11 @@ def test_per_frame_groups_win_over_shared_and_top_level(classic_study, tmp_path)
     assert records[1].pixel_spacing == tuple(float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
     assert all(r.repetition_time == float(shared.MRTimingAndRelatedParametersSequence[0].RepetitionTime)
                for r in records)
-    frame2 = [i for s in scan_path(path).studies[0].series for i in s.instances if i.frame == 2][0]
+    scanned = {i.frame: i for s in scan_path(path).studies[0].series for i in s.instances}
+    frame2 = scanned[2]
+    # The scan keeps each frame's own pixel size (its frames share one file path).
+    assert frame2.pixel_spacing == (0.5, 0.75) and frame2.geometry.pixel_spacing == (0.5, 0.75)
+    assert scanned[1].pixel_spacing == records[1].pixel_spacing
     stored = pydicom.pixels.pixel_array(str(path), index=2)
     np.testing.assert_array_equal(frame2.pixel_array(), stored.astype(np.float32) * 2 - 100)
 
