@@ -30,7 +30,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -39,21 +39,22 @@ VIEW_OF = {"spinal_canal_stenosis": "sagittal_t2 (canal)", "left_neural_foramina
            "left_subarticular_stenosis": "axial_t2 (subarticular)", "right_subarticular_stenosis": "axial_t2 (subarticular)"}
 
 
-def _grade_root(pipe, root: Path) -> Dict[str, object]:
-    """study_id -> StudyResult, or the error text (with its traceback for anything unexpected)."""
+def _grade_root(pipe, root: Path) -> Tuple[Dict[str, object], Dict[str, object]]:
+    """The root's studies by study_id, and study_id -> StudyResult, or the error text (with its
+    traceback for anything unexpected)."""
     from lumbar_edge.dicom import scan_path
     from lumbar_edge.errors import LumbarEdgeError
 
     out: Dict[str, object] = {}
-    scan = scan_path(root / "train_images", progress=False)
-    for study in scan.studies:
+    studies = {st.study_id: st for st in scan_path(root / "train_images", progress=False).studies}
+    for study in studies.values():
         try:
             out[study.study_id] = pipe.run_study(study)
         except LumbarEdgeError as exc:
             out[study.study_id] = f"error: {exc}"
         except Exception:  # noqa: BLE001 - a traceback is what this check exists to catch; it is reported
             out[study.study_id] = "TRACEBACK:\n" + traceback.format_exc()
-    return out
+    return studies, out
 
 
 def _covered_levels(study, discs: Dict[str, List[float]]) -> List[str]:
@@ -75,7 +76,6 @@ def _summary(values: List[float]) -> Dict[str, Optional[float]]:
 
 
 def run_check(model: Path, work: Path, n_studies: int, seed: int, backend: str) -> Dict[str, object]:
-    from lumbar_edge.dicom import scan_path
     from lumbar_edge.pipeline import Pipeline
     from lumbar_edge.synth import synthesize
     from lumbar_edge.synth.dataset import load_truth
@@ -93,9 +93,8 @@ def run_check(model: Path, work: Path, n_studies: int, seed: int, backend: str) 
     truth = {str(st["study_id"]): st for st in load_truth(realistic)["studies"]}
     with Pipeline.load(model, backend=backend) as pipe:
         print(f"grading with {pipe.description}", flush=True)
-        got_r = _grade_root(pipe, realistic)
-        got_p = _grade_root(pipe, plain)
-    studies_r = {st.study_id: st for st in scan_path(realistic / "train_images", progress=False).studies}
+        studies_r, got_r = _grade_root(pipe, realistic)
+        _, got_p = _grade_root(pipe, plain)
 
     failures = {sid: r for sid, r in got_r.items() if isinstance(r, str)}
     tracebacks = [sid for sid, r in failures.items() if r.startswith("TRACEBACK")]

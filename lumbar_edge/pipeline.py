@@ -147,11 +147,18 @@ class Pipeline:
             stack.append(centre_pixels if pixels is None else pixels)
         orient = prepared.orientation(series, centre)
         t1 = time.perf_counter()
-        image, box = preprocess_stack(np.stack(stack) if orient.is_identity else orient.apply(np.stack(stack)),
-                                      self.preprocess)
+        image, box = preprocess_stack(orient.apply(np.stack(stack)), self.preprocess)
         hit = prepared.images[key] = (image, box, orient)
         timings["decode_pixels"] = timings.get("decode_pixels", 0.0) + (t1 - t0)
         timings["preprocess"] = timings.get("preprocess", 0.0) + (time.perf_counter() - t1)
+        return hit
+
+    def _input(self, prepared: "_Prepared", series, centre: int) -> Tuple[np.ndarray, object, object]:
+        """:meth:`_image` for centres taken in ascending order, forgetting the decoded slices no
+        later input needs (an input's slices lie within ``in_channels // 2`` of its centre), so a
+        study holds a few decoded slices, not a whole series. Raises :class:`_BadSlice`."""
+        hit = self._image(prepared, series, centre)
+        prepared.release_pixels(series, below=centre - (self.preprocess.in_channels // 2 + 1))
         return hit
 
     def _infer_slices(self, prepared: "_Prepared", series, centres: Sequence[int], view: str,
@@ -161,7 +168,6 @@ class Pipeline:
         c0, c1 = self.layout.channels[view]
         timings = prepared.timings
         out: List[SlicePeaks] = []
-        half = self.preprocess.in_channels // 2 + 1
 
         def run(chunk) -> None:
             centres_, prepped = [c for c, _ in chunk], [p for _, p in chunk]
@@ -186,18 +192,16 @@ class Pipeline:
                     heatmap_sink[centre] = raw["heatmap"][j, c0:c1]
             timings["infer"] = timings.get("infer", 0.0) + (t3 - t2)
 
-        # Inputs are made a batch at a time and each is used once, and decoded slices are
-        # forgotten once no later input needs them (centres ascend; an input's slices lie
-        # within ``half`` of it): a study holds one batch of inputs and a few decoded slices,
-        # not a whole series (a 200-slice series at 512 px would hold 600 MB of inputs).
+        # Inputs are made a batch at a time and each is used once (_input forgets the decoded
+        # slices behind it): a study holds one batch of inputs, not a whole series (a 200-slice
+        # series at 512 px would hold 600 MB of them).
         chunk = []
         for centre in sorted(centres):
             try:
-                self._image(prepared, series, centre)
+                self._input(prepared, series, centre)
             except _BadSlice:
                 continue  # left out; _Prepared.pixels put the reason in the warnings
             chunk.append((centre, prepared.images.pop((series.series_uid, centre))))
-            prepared.release_pixels(series, below=centre - half)
             if len(chunk) == self.batch_size:
                 run(chunk)
                 chunk = []
@@ -242,7 +246,6 @@ class Pipeline:
             # 2 x 200-slice study at 512 px would otherwise hold 2.4 GB of them.
             budget = self.PREFETCH_BYTES
             size = 4 * self.preprocess.in_channels * self.preprocess.height * self.preprocess.width
-            half = self.preprocess.in_channels // 2 + 1
             for view in self.FULL_SERIES_VIEWS:
                 if view in selection.chosen:
                     s = selection.chosen[view]
@@ -250,11 +253,10 @@ class Pipeline:
                         if budget < size:
                             break
                         try:
-                            self._image(prepared, s, centre)
+                            self._input(prepared, s, centre)
                         except _BadSlice:
                             continue
                         budget -= size
-                        prepared.release_pixels(s, below=centre - half)
                     # The decoded slices are not needed again until the few keypoint slices are
                     # kept for the overlays, or the engine makes the rest of the inputs.
                     prepared.release_pixels(s)

@@ -83,16 +83,21 @@ def series_label(series) -> str:
     return f"series {series.series_number}" if series.series_number is not None else f"series {series.series_id}"
 
 
-def coverage_mm(series) -> float:
-    """The series' extent across its slices: per stack, the distance between its first and last
-    slice plus one slice step, summed over stacks (0 without geometry)."""
-    total = 0.0
-    step = float(series.spacing or 0.0)
+def _stack_positions(series) -> List[List[float]]:
+    """The slice positions (mm along the normal) of each stack that has geometry."""
+    out = []
     for start, end in series.stacks:
         pos = [inst.position for inst in series.instances[start:end] if inst.position is not None]
         if pos:
-            total += (max(pos) - min(pos)) + step
-    return total
+            out.append(pos)
+    return out
+
+
+def coverage_mm(series) -> float:
+    """The series' extent across its slices: per stack, the distance between its first and last
+    slice plus one slice step, summed over stacks (0 without geometry)."""
+    step = float(series.spacing or 0.0)
+    return sum((max(pos) - min(pos)) + step for pos in _stack_positions(series))
 
 
 def completeness(series) -> float:
@@ -102,10 +107,7 @@ def completeness(series) -> float:
     if step <= 0:
         return 1.0
     expected = present = 0
-    for start, end in series.stacks:
-        pos = [inst.position for inst in series.instances[start:end] if inst.position is not None]
-        if not pos:
-            continue
+    for pos in _stack_positions(series):
         expected += int(round((max(pos) - min(pos)) / step)) + 1
         present += len(set(round(p, 2) for p in pos))
     return min(1.0, present / expected) if expected else 1.0

@@ -346,7 +346,7 @@ def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequ
         pixel_padding_range_limit=r.pixel_padding_range_limit, frame=r.frame) for r in recs]
     normal = None
     spacing = None
-    if located and len(located) == len(recs):
+    if located:  # every record left has its geometry (those without were left out above)
         groups = _orientation_groups([normals[r.orientation] for r in recs])
         planes = {plane_of_normal(n) for n, _members in groups}
         plane = planes.pop() if len(planes) == 1 else Plane.MIXED
