@@ -18,8 +18,12 @@ What stays in floating point, and why (:data:`DEFAULT_INT8_EXCLUDE_PREFIXES`,
 - the three heads' final 1x1 convolutions (``/heatmap_head/out/Conv`` ...): their outputs are the
   logits and sub-cell offsets the decoder reads directly; they are tiny (1x1, few channels), so
   keeping them FP costs nothing and protects localisation;
-- the coordinate channels (every node under ``/coords``, :data:`DEFAULT_INT8_EXCLUDE_ALL_PREFIXES`):
-  a constant ramp resized to the feature map, nothing to calibrate;
+- the Adds of the export's split convolutions (``lumbar_edge.export.fold``: a convolution over a
+  concatenation is exported as one convolution per part, summed, plus a constant map for the
+  coordinate channels; node names contain :data:`CONCAT_CONV_MARK`): partial sums of one layer
+  and a bias, not residual joins; quantizing them would round each part's output again. Models
+  exported before the fold (coordinate channels as ``/coords`` nodes) keep those nodes in float
+  (:data:`DEFAULT_INT8_EXCLUDE_ALL_PREFIXES`): a constant ramp, nothing to calibrate;
 - biases (``QuantizeBias: False``): TensorRT fuses float biases into INT8 convolutions and does
   not take INT32 ``DequantizeLinear`` bias inputs.
 Only the ops TensorRT runs in INT8 are quantized: Conv, Add (residual joins), MaxPool, Concat,
@@ -47,6 +51,8 @@ DEFAULT_INT8_EXCLUDE_PREFIXES = ("/attention/pam/", "/attention/cam/")
 #: Nodes kept in floating point whatever their op type: the coordinate channels are a constant
 #: ramp resized to the feature map (``CoordChannels``), nothing an activation scale should round.
 DEFAULT_INT8_EXCLUDE_ALL_PREFIXES = ("/coords",)
+#: Add nodes whose name contains this are the export's split-convolution sums (``fold.ConcatConv``).
+CONCAT_CONV_MARK = "/concat_conv/"
 #: The attention prefixes exclude only these op types (the PAM's 1x1 query/key/value convs quantize well).
 _ATTENTION_MATH_OPS = {"MatMul", "Softmax", "Mul", "Add", "Sub", "ReduceMax"}
 #: TensorRT explicit quantization: QuantizeLinear/DequantizeLinear need opset 13+.
@@ -151,7 +157,8 @@ def _excluded(model: onnx.ModelProto, exclude_nodes: Sequence[str], exclude_pref
     out = []
     for node in model.graph.node:
         by_prefix = (any(node.name.startswith(p) for p in exclude_prefixes) and node.op_type in _ATTENTION_MATH_OPS) \
-            or any(node.name.startswith(p) for p in DEFAULT_INT8_EXCLUDE_ALL_PREFIXES)
+            or any(node.name.startswith(p) for p in DEFAULT_INT8_EXCLUDE_ALL_PREFIXES) \
+            or (node.op_type == "Add" and CONCAT_CONV_MARK in node.name)
         if node.name in names or by_prefix:
             out.append(node.name)
     return out
