@@ -20,15 +20,20 @@ def weights(k, groups, c=C, seed=0):
             "ws": f(3 * groups, c, 1, 1), "bs": f(3 * groups)}
 
 
-def build_model(path, k=3, groups=1, batch="N", c=C, h=H, w=W, names=("heatmap", "offset", "severity"), seed=0):
-    """image [N, C, H, W] -> heatmap = Conv4x4/4, offset = Conv4x4/4, severity = Conv1x1(AveragePool4/4)."""
+def build_model(path, k=3, groups=1, batch="N", c=C, h=H, w=W, names=("heatmap", "offset", "severity"), seed=0,
+                node_prefix=""):
+    """image [N, C, H, W] -> heatmap = Conv4x4/4, offset = Conv4x4/4, severity = Conv1x1(AveragePool4/4).
+    ``node_prefix``: the nodes' names start with it (``/coords/`` mimics an export from before the fold)."""
     wts = weights(k, groups, c, seed)
     inits = [numpy_helper.from_array(v, name=n) for n, v in wts.items()]
     nodes = [
-        helper.make_node("Conv", ["image", "wh", "bh"], [names[0]], kernel_shape=[4, 4], strides=[4, 4]),
-        helper.make_node("Conv", ["image", "wo", "bo"], [names[1]], kernel_shape=[4, 4], strides=[4, 4]),
-        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]),
-        helper.make_node("Conv", ["pooled", "ws", "bs"], [names[2]], kernel_shape=[1, 1]),
+        helper.make_node("Conv", ["image", "wh", "bh"], [names[0]], kernel_shape=[4, 4], strides=[4, 4],
+                         name=node_prefix + "ConvH"),
+        helper.make_node("Conv", ["image", "wo", "bo"], [names[1]], kernel_shape=[4, 4], strides=[4, 4],
+                         name=node_prefix + "ConvO"),
+        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4],
+                         name=node_prefix + "Pool"),
+        helper.make_node("Conv", ["pooled", "ws", "bs"], [names[2]], kernel_shape=[1, 1], name=node_prefix + "ConvS"),
     ]
     out_dims = lambda ch: [batch, ch, h // 4, w // 4]  # noqa: E731
     graph = helper.make_graph(

@@ -197,8 +197,10 @@ class OpenVinoEngine(Engine):
         self._core = None
         self._model = None
         self._config_used: Dict[str, object] = {}
-        #: input shape -> (compiled model, infer requests, output ports): one static compile each.
-        self._entries: Dict[Tuple[int, ...], tuple] = {}
+        #: input shape -> (compiled model, infer requests, output ports): one compile each; with a
+        #: dynamic batch the key's batch is None and one compile serves every batch.
+        self._entries: Dict[Tuple[Optional[int], ...], tuple] = {}
+        self._dynamic_batch = False
         self._settings: Dict[str, object] = {}
 
     @classmethod
@@ -285,6 +287,7 @@ class OpenVinoEngine(Engine):
         self._core, self._model, self._config_used = core, model, self._config()
         self._entries = {}
         self.input_shape = dims
+        self._dynamic_batch = dims[0] is None and not _concatenates_ramps(model)
         # Compiled now for one image (or the model's fixed batch), so that a model OpenVINO cannot
         # compile fails here, at activation, where `auto` can still pass over this backend. A
         # model with free spatial sizes is compiled as it is, for that check only.
@@ -292,29 +295,35 @@ class OpenVinoEngine(Engine):
             compiled, requests = self._compile(model, "its declared input shape")
         else:
             compiled, requests, _ = self._entry((dims[0] or 1,) + tuple(dims[1:]))
-        self._settings = {"inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+        self._settings = {"batch": "dynamic" if self._dynamic_batch else "static per shape",
+                          "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
                           "streams": int(compiled.get_property("NUM_STREAMS")), "requests": len(requests),
                           "execution_devices": [str(d) for d in compiled.get_property("EXECUTION_DEVICES")],
                           "int8_convolutions": _int8_convolutions(compiled)}
 
     def _entry(self, shape: Tuple[int, ...]):
         """``(compiled model, infer requests, output ports)`` for input ``shape``, compiled on first
-        use. Every shape gets its own static compile: with a dynamic batch, OpenVINO's INT8 on the
-        demo bundle put 66% of heatmap peaks in FP32's cell, with static shapes 95% (ONNX Runtime:
-        94%). Compiling takes about 2 s per shape here, once per process (0.4 s from the cache);
-        :meth:`_bucket` keeps the shapes few."""
-        entry = self._entries.get(shape)
+        use: once for every batch where the batch is dynamic, else once per shape (compiling takes
+        about 2 s here, once per process; 0.4 s from the cache; :meth:`_bucket` keeps the shapes
+        few). A model exported before the export's fold (``export/fold.py``) concatenates the
+        coordinate ramps, computed from the input's shape, to a quantized map; compiled with a
+        dynamic batch, OpenVINO's INT8 of such a model put 66% of heatmap peaks in FP32's cell
+        against 95% with static shapes (ONNX Runtime: 94%), so such models get static shapes.
+        Without that concatenation the dynamic compile gives the static one's outputs (93.2% of
+        peaks both, on 96 held-out slices) and no batch is padded."""
+        key = ((None,) + tuple(shape[1:])) if self._dynamic_batch else tuple(shape)
+        entry = self._entries.get(key)
         if entry is not None:
             return entry
         model = self._model.clone()
         try:
-            model.reshape({model.inputs[0]: list(shape)})
+            model.reshape({model.inputs[0]: [-1 if d is None else d for d in key]})
         except _OV_ERRORS as exc:
             raise EngineError(f"{self.model_path.name} does not take input shape {list(shape)}: "
                               f"{_first_line(exc)}") from exc
         compiled, requests = self._compile(model, f"input shape {list(shape)}")
         entry = (compiled, requests, {name: compiled.output(name) for name in OUTPUT_NAMES})
-        self._entries[shape] = entry
+        self._entries[key] = entry
         return entry
 
     def _compile(self, model, what: str):
@@ -331,11 +340,13 @@ class OpenVinoEngine(Engine):
                               f"{_first_line(exc)}") from exc
 
     def _bucket(self, n: int) -> int:
-        """The batch a slice of ``n`` images runs at: the model's fixed batch, else the smallest
-        power of two >= n (a pipeline's batches and remainders then need at most 4 compiles for
-        batch 8, instead of one per remainder; the padding costs less than a compile)."""
+        """The batch a slice of ``n`` images runs at: the model's fixed batch; ``n`` itself with a
+        dynamic batch; else the smallest power of two >= n (a pipeline's batches and remainders then
+        need at most 4 compiles for batch 8, instead of one per remainder)."""
         fixed = self.input_shape[0]
-        return fixed if fixed is not None else 1 << (int(n) - 1).bit_length()
+        if fixed is not None:
+            return fixed
+        return int(n) if self._dynamic_batch else 1 << (int(n) - 1).bit_length()
 
     def _infer(self, images: np.ndarray) -> Mapping[str, np.ndarray]:
         # The batch is split into as many contiguous slices as the device has requests (one with
@@ -344,7 +355,7 @@ class OpenVinoEngine(Engine):
         n, rest = len(images), tuple(images.shape[1:])
         per_shape = len(self._entry((self._bucket(n),) + rest)[1])
         chunks = np.array_split(np.arange(n), min(per_shape, n))
-        used: Dict[Tuple[int, ...], int] = {}
+        used: Dict[int, int] = {}
         busy, error = [], None
         for rows in chunks:
             part = images[rows[0]:rows[-1] + 1]
@@ -360,8 +371,9 @@ class OpenVinoEngine(Engine):
             except EngineError as exc:  # a new shape that does not compile: raised after the waits
                 error = exc
                 break
-            index = used.get(shape, 0)
-            used[shape] = index + 1
+            # Counted per compiled model: with a dynamic batch, slices of different sizes share one.
+            index = used.get(id(compiled), 0)
+            used[id(compiled)] = index + 1
             try:
                 # Slices of one call never share a request (a busy request refuses a second
                 # start); a shape whose compile asked for fewer requests than slices gets more.
@@ -405,8 +417,15 @@ class OpenVinoEngine(Engine):
                                   "openvino": self.version, "max_batch": self.max_batch,
                                   "input_shape": list(self.input_shape)}
         out.update(self._settings)
-        out["compiled_batches"] = sorted({shape[0] for shape in self._entries})
+        out["compiled_batches"] = ("dynamic" if self._dynamic_batch and self._entries
+                                   else sorted({shape[0] for shape in self._entries}))
         return out
+
+
+def _concatenates_ramps(model) -> bool:
+    """Whether an OpenVINO model is an export from before the fold: its coordinate channels are
+    computed in the graph (nodes under ``/coords``, ``CoordChannels``) and concatenated to a map."""
+    return any(op.get_friendly_name().startswith("/coords") for op in model.get_ops())
 
 
 __all__ = ["default_cache_dir", "HINTS", "INT8_PEAK_MARGIN", "INT8_SCORE_MARGIN", "ISA_FLAGS", "OpenVinoEngine", "PREFERRED_PRECISIONS",
