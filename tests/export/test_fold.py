@@ -91,3 +91,30 @@ def test_int8_keeps_the_split_sums_in_float_and_quantizes_every_convolution(tmp_
     # Every convolution reads a dequantized input but the heads' float output layers.
     float_convs = sorted(n.name for n in graph.node if n.op_type == "Conv" and not dequantized & {n.input[0]})
     assert float_convs == sorted(DEFAULT_INT8_EXCLUDE_NODES)
+
+
+@pytest.mark.parametrize("options", [
+    {"backbone": "resnet50", "output_stride": 16, "coord_channels": True},
+    {"backbone": "resnet34", "output_stride": 32, "attention": False, "coord_channels": True},
+    {"aspp_rates": (2,), "coord_channels": False, "low_level_channels": 8},
+    {"output_stride": 32, "coord_channels": True, "in_channels": 1},
+])
+def test_every_model_config_exports_to_the_same_computation(options):
+    from lumbar_edge.training.model import ModelConfig, build_model
+
+    cfg = ModelConfig(**{"width": 8, "decoder_channels": 16, "low_level_channels": 8, "head_channels": 8, **options})
+    torch.manual_seed(3)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.randn(2, cfg.in_channels, 96, 64)
+    with torch.no_grad():
+        expected, got = model(x), export_network(model, 96, 64)(x)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
