@@ -21,7 +21,8 @@ What stays in floating point, and why (:data:`DEFAULT_INT8_EXCLUDE_PREFIXES`,
 - the Adds of the export's split convolutions (``lumbar_edge.export.fold``: a convolution over a
   concatenation is exported as one convolution per part, summed, plus a constant map for the
   coordinate channels; node names contain :data:`CONCAT_CONV_MARK`): partial sums of one layer
-  and a bias, not residual joins; quantizing them would round each part's output again. Models
+  and a bias, not residual joins. ASPP's projection, split over five branches, stays in float
+  altogether (tiny at stride 32; its five partial sums each rounded cost accuracy), and models
   exported before the fold (coordinate channels as ``/coords`` nodes) keep those nodes in float
   (:data:`DEFAULT_INT8_EXCLUDE_ALL_PREFIXES`): a constant ramp, nothing to calibrate;
 - biases (``QuantizeBias: False``): TensorRT fuses float biases into INT8 convolutions and does
@@ -48,9 +49,14 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_INT8_OP_TYPES = ("Conv", "Add", "MaxPool", "Concat", "Resize", "GlobalAveragePool")
 DEFAULT_INT8_EXCLUDE_NODES = ("/heatmap_head/out/Conv", "/offset_head/out/Conv", "/severity_head/out/Conv")
 DEFAULT_INT8_EXCLUDE_PREFIXES = ("/attention/pam/", "/attention/cam/")
-#: Nodes kept in floating point whatever their op type: the coordinate channels are a constant
-#: ramp resized to the feature map (``CoordChannels``), nothing an activation scale should round.
-DEFAULT_INT8_EXCLUDE_ALL_PREFIXES = ("/coords",)
+#: Nodes kept in floating point whatever their op type: the coordinate channels of an export from
+#: before the fold are a constant ramp resized to the feature map (``CoordChannels``), nothing an
+#: activation scale should round; ASPP's projection (``/aspp/concat_conv/``, split over its five
+#: branches by the export's fold) would otherwise round each branch's partial sum on its own. It
+#: runs at 1/32 of the input's size (8x8 at 256 px): in float it costs nothing measurable, and on
+#: the demo's trained network it brought the INT8 heatmap's mean error against FP32 (96 held-out
+#: slices) from 0.160 to 0.124 on ONNX Runtime and from 0.128 to 0.094 on OpenVINO.
+DEFAULT_INT8_EXCLUDE_ALL_PREFIXES = ("/coords", "/aspp/concat_conv/")
 #: Add nodes whose name contains this are the export's split-convolution sums (``fold.ConcatConv``).
 CONCAT_CONV_MARK = "/concat_conv/"
 #: The attention prefixes exclude only these op types (the PAM's 1x1 query/key/value convs quantize well).
