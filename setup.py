@@ -79,7 +79,9 @@ setup(
     # decode.fatbin and decode.fatbin.json are written by BuildPyWithKernel where nvcc exists.
     package_data={"lumbar_edge": ["kernels/*.cu", "kernels/*.cuh", "kernels/*.cpp"]},
     cmdclass={"build_py": BuildPyWithKernel},
-    install_requires=["numpy>=1.24", "pydicom>=2.4", "click>=8.0", "onnxruntime>=1.17"],
+    # zlib-ng: 1.7x faster PNG overlay compression (wheels for x86_64, aarch64, Windows, macOS);
+    # lumbar_edge.report.png falls back to the standard zlib without it.
+    install_requires=["numpy>=1.24", "pydicom>=2.4", "click>=8.0", "onnxruntime>=1.17", "zlib-ng>=0.4"],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["lumbar-edge=lumbar_edge.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Medical Science Apps."],

@@ -1,4 +1,6 @@
-"""PNG files and simple drawing without an imaging library: numpy, zlib and struct only.
+"""PNG files and simple drawing without an imaging library: numpy, zlib and struct only (zlib-ng's
+zlib-compatible module compresses where it is installed, a dependency of lumbar-edge: see
+:data:`DEFLATE`).
 
 * :func:`encode_png` / :func:`write_png`: 8-bit grayscale ``[H, W]``, RGB ``[H, W, 3]`` or RGBA
   ``[H, W, 4]`` images, every row Sub-filtered (default) or each row with the filter libpng's
@@ -20,6 +22,19 @@ import numpy as np
 
 from ..errors import InputError
 from ._io import atomic_write_bytes
+
+try:
+    from zlib_ng import zlib_ng as _zlib_ng
+except ImportError:  # an optional speed-up: the standard library's zlib writes the same format
+    _zlib_ng = None
+
+#: The deflate implementations :func:`encode_png` can use, by name: the standard library's zlib,
+#: and zlib-ng's zlib-compatible module where it is installed. Both write zlib streams any PNG
+#: reader decodes; zlib-ng is the default because on the overlays of a study it compressed them
+#: 1.7x faster at level 2 (125 against 217 ms for 11 overlays of 864 px) into 3% fewer bytes.
+DEFLATE = {"zlib": zlib, **({"zlib-ng": _zlib_ng} if _zlib_ng is not None else {})}
+#: The implementation :func:`encode_png` uses unless told otherwise.
+DEFAULT_DEFLATE = "zlib-ng" if "zlib-ng" in DEFLATE else "zlib"
 
 Color = Tuple[int, int, int]
 
@@ -117,20 +132,27 @@ def _as_pixels(image: np.ndarray) -> np.ndarray:
 
 
 def encode_png(image: np.ndarray, text: Optional[Mapping[str, str]] = None, level: int = 2,
-               row_filter: str = "sub") -> bytes:
+               row_filter: str = "sub", deflate: Optional[str] = None) -> bytes:
     """The PNG file bytes of an 8-bit image: ``[H, W]`` grey, ``[H, W, 3]`` RGB or ``[H, W, 4]``
     RGBA. ``text`` adds ``tEXt`` chunks (Latin-1 keyword of 1-79 characters -> Latin-1 text).
     ``level`` is zlib's. 2 is the default: on the 12 overlays of a realistic synthetic study it
     encoded them in 222 ms against 365 ms at level 3 for 10% more bytes (6.1 MB against 5.5 MB;
     level 6 is another 3x slower for 1% less), and writing overlays is a fifth of a study's time
-    on the CPU.
+    on the CPU (standard zlib). zlib-ng keeps level 2 the choice: its level 1 was 1.9x faster
+    again but 60% larger (11 overlays of 864 px: 67 ms and 8.1 MB against 126 ms and 5.1 MB).
     ``row_filter``: ``"sub"`` for every row, or ``"adaptive"`` (a filter per row, libpng's heuristic).
     Sub is the default because the overlays are upscaled slices, smooth along the rows: on the
     overlays of a synthetic study it made the files 8% smaller than the adaptive choice, which
     picks Paeth, and encoded them 2.8x faster (zlib level 3 both).
-    Raises :class:`InputError` for another dtype or shape, an unknown filter or a bad text entry."""
+    ``deflate``: a name in :data:`DEFLATE` (default :data:`DEFAULT_DEFLATE`).
+    Raises :class:`InputError` for another dtype or shape, an unknown filter or deflate
+    implementation, or a bad text entry."""
     if row_filter not in PNG_FILTERS:
         raise InputError(f"unknown PNG filter {row_filter!r}; expected one of {', '.join(PNG_FILTERS)}")
+    name = DEFAULT_DEFLATE if deflate is None else deflate
+    if name not in DEFLATE:
+        hint = " (pip install zlib-ng)" if name == "zlib-ng" else ""
+        raise InputError(f"deflate implementation {name!r} is not available{hint}; available: {', '.join(DEFLATE)}")
     pixels = _as_pixels(image)
     height, width, channels = pixels.shape
     ihdr = struct.pack(">IIBBBBB", width, height, 8, _COLOR_TYPES[channels], 0, 0, 0)
@@ -144,7 +166,7 @@ def encode_png(image: np.ndarray, text: Optional[Mapping[str, str]] = None, leve
             raise InputError(f"invalid PNG text keyword {key!r}")
         parts.append(_chunk(b"tEXt", kb + b"\0" + vb))
     rows = (_sub_filtered_rows if row_filter == "sub" else _filtered_rows)(np.ascontiguousarray(pixels))
-    parts.append(_chunk(b"IDAT", zlib.compress(rows, level)))
+    parts.append(_chunk(b"IDAT", DEFLATE[name].compress(rows, level)))
     parts.append(_chunk(b"IEND", b""))
     return b"".join(parts)
 
@@ -169,7 +191,8 @@ def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     arr = np.asarray(gray)
     if arr.dtype != np.uint8 or arr.ndim != 2:
         raise InputError(f"expected a uint8 [H, W] image, got {arr.dtype} {arr.shape}")
-    return np.repeat(arr[:, :, None], 3, axis=2)
+    # stack, not repeat: 1.5x faster on an 864 px overlay, the same bytes.
+    return np.stack([arr, arr, arr], axis=-1)
 
 
 def _canvas(img: np.ndarray) -> np.ndarray:
@@ -372,6 +395,6 @@ def blend(img: np.ndarray, overlay: np.ndarray, alpha: np.ndarray) -> np.ndarray
     return img
 
 
-__all__ = ["encode_png", "write_png", "new_canvas", "gray_to_rgb", "fill_circle", "circle", "line", "rectangle",
+__all__ = ["encode_png", "write_png", "DEFLATE", "DEFAULT_DEFLATE", "new_canvas", "gray_to_rgb", "fill_circle", "circle", "line", "rectangle",
            "shade_rect", "draw_text", "text_size", "text_bitmap", "colormap", "blend", "FONT_5X7",
            "PNG_SIGNATURE", "CELL_WIDTH", "CELL_HEIGHT"]

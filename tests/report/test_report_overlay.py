@@ -6,7 +6,7 @@ import pytest
 
 from lumbar_edge.errors import InputError
 from lumbar_edge.labels import CONDITIONS, LEVELS
-from lumbar_edge.preprocess import letterbox, resize_bilinear
+from lumbar_edge.preprocess import bilinear_taps, letterbox, resize_bilinear
 from lumbar_edge.report import render_overlay, write_overlays
 from lumbar_edge.report.overlay import (DISCLAIMER, SEVERITY_COLOURS, display_factor, finding_label,
                                         heatmap_on_display, upscale_gray)
@@ -153,6 +153,15 @@ def test_display_upscale_is_the_preprocessing_interpolation(shape, factor):
     diff = np.abs(got.astype(int) - want.astype(int))
     assert diff.max() <= 1 and diff.mean() < 0.01
     assert np.array_equal(upscale_gray(gray, 1), gray)
+    # Each output pixel from its own two taps (bilinear_taps, clamped at the borders), columns then
+    # rows in float32, computed one pixel at a time: the phase-sliced implementation must agree.
+    c0, c1, cw = bilinear_taps(shape[1], shape[1] * factor, float(factor))
+    r0, r1, rw = bilinear_taps(shape[0], shape[0] * factor, float(factor))
+    img = gray.astype(np.float32)
+    cols = img[:, c0] * (1 - cw) + img[:, c1] * cw
+    direct = np.rint(cols[r0] * (1 - rw)[:, None] + cols[r1] * rw[:, None])
+    assert np.abs(got.astype(int) - direct.astype(int)).max() <= 1
+    assert np.mean(got == direct) > 0.999
     flat = np.full(shape, 200, np.uint8)  # a flat image stays flat: no ringing, no overflow
     assert (upscale_gray(flat, factor) == 200).all()
     with pytest.raises(InputError):

@@ -56,6 +56,34 @@ def test_filtering_compresses_smooth_images(row_filter):
     assert len(png.encode_png(ramp, row_filter=row_filter)) < 2000
 
 
+@pytest.mark.parametrize("deflate", sorted(png.DEFLATE))
+def test_every_deflate_implementation_writes_what_an_independent_decoder_reads(png_reader, deflate):
+    # The independent reader inflates with the standard library's zlib, whichever compressed.
+    image = _smooth_and_noisy(61, 47, 3, seed=5)
+    data = png.encode_png(image, deflate=deflate, text={"Title": "t"})
+    decoded, _info = png_reader(data)
+    np.testing.assert_array_equal(decoded, image)
+
+
+def test_zlib_ng_is_the_default_where_installed_and_a_missing_one_is_named():
+    pytest.importorskip("zlib_ng")
+    assert png.DEFAULT_DEFLATE == "zlib-ng"
+    with pytest.raises(InputError, match="'lz4' is not available"):
+        png.encode_png(np.zeros((2, 2), np.uint8), deflate="lz4")
+
+
+def test_gray_to_rgb_copies_the_grey_into_all_three_channels():
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    rgb = png.gray_to_rgb(gray)
+    assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[:, :, c], gray)
+    rgb[0, 0, 0] = 255  # a copy: drawing on it leaves the grey image alone
+    assert gray[0, 0] == 0
+    with pytest.raises(InputError):
+        png.gray_to_rgb(gray.astype(np.float32))
+
+
 def test_an_unknown_filter_is_refused():
     with pytest.raises(InputError, match="unknown PNG filter"):
         png.encode_png(np.zeros((2, 2), np.uint8), row_filter="paeth")
