@@ -218,6 +218,10 @@ def read_tags(fp: BinaryIO, size: int) -> Header:
     return head
 
 
+#: Binary number VRs -> the bytes of one value.
+_NUMBER_WIDTHS = {b"US": 2, b"SS": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"AT": 4, b"FD": 8, b"SV": 8, b"UV": 8}
+
+
 def _read_meta(buf: _Buffer, pos: int, head: Header) -> int:
     """Read the group 2 file meta (always explicit VR little endian); return where it ends."""
     while pos + 8 <= buf.size:
@@ -234,6 +238,11 @@ def _read_meta(buf: _Buffer, pos: int, head: Header) -> int:
             raise Unhandled("file meta is not explicit VR")
         if length == _UNDEFINED:
             raise Unhandled("undefined length in file meta")
+        width = _NUMBER_WIDTHS.get(vr)
+        if width is not None and length % width:
+            # pydicom converts the first meta element and the group length while reading, and
+            # refuses the file when such a value is not a whole number of its VR's values.
+            raise Unhandled(f"(0002,{elem:04X}) holds {length} bytes, not whole {vr.decode('ascii')} values")
         if elem == 0x0010 or elem == 0x0002:
             if vr != b"UI":
                 raise Unhandled(f"(0002,{elem:04X}) has VR {vr!r}, not UI")
@@ -418,4 +427,8 @@ def _decode(vr: str, raw: bytes, encoding: Optional[str] = "latin-1"):
     # Other string VRs (CS, UI, DA ...): Latin-1, pydicom's default encoding
     # (values.convert_string / convert_UI), trailing padding dropped.
     text = raw.decode("latin-1").rstrip(" \x00")
+    if vr == "UI":
+        # pydicom's UID class also strips each value's leading whitespace (found by the fuzz).
+        uids = [part.strip() for part in text.split("\\")]
+        return uids if len(uids) > 1 else uids[0]
     return text.split("\\") if "\\" in text else text

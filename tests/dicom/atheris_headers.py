@@ -21,7 +21,7 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 with atheris.instrument_imports(include=["lumbar_edge.dicom"]):
-    from lumbar_edge.dicom import fastread, headers  # noqa: F401 - instrumented for coverage
+    from lumbar_edge.dicom import fastread, headers, pixels  # noqa: F401 - instrumented for coverage
 
 import header_fuzzing  # noqa: E402
 from conftest import make_dataset, save  # noqa: E402

@@ -4,7 +4,9 @@ Not a test module: ``test_header_fuzz.py`` (seeded, bounded, in the normal suite
 CI) and ``atheris_headers.py`` (coverage-guided, in CI where atheris installs) import it. The
 oracle is pydicom: :func:`check` holds the fast reader to raising only Unhandled/Truncated,
 ``read_header`` to never raising, and every record ``read_header`` returns to equal what the
-pydicom path (``headers._read_with_pydicom``) makes of the same bytes.
+pydicom path (``headers._read_with_pydicom``) makes of the same bytes; the direct pixel read
+(``pixels._read_native``) never to raise and, where it returns an array, to return pydicom's
+``pixel_array`` of the file.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from lumbar_edge.dicom import headers
+from lumbar_edge.dicom import headers, pixels
 from lumbar_edge.dicom.fastread import Truncated, Unhandled, read_tags
 
 _VRS = [vr.encode() for vr in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD",
@@ -181,6 +183,19 @@ def check(data: bytes, path: Path) -> str:
         fast = "truncated"
     # Any other exception from the fast reader propagates: that is the bug the fuzz looks for.
     path.write_bytes(data)
+    direct = pixels._read_native(path)  # never raises, for any bytes
+    if direct is not None:
+        import pydicom
+        import numpy as np
+
+        try:
+            want = pydicom.dcmread(path).pixel_array
+        except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, the direct read disagreed
+            raise AssertionError(f"the direct pixel read returned {direct.dtype} {direct.shape} where "
+                                 f"pydicom raises {type(exc).__name__}: {exc}") from exc
+        if want.dtype != direct.dtype or want.shape != direct.shape or not np.array_equal(want, direct):
+            raise AssertionError(f"the direct pixel read and pydicom disagree: {direct.dtype} {direct.shape} "
+                                 f"against {want.dtype} {want.shape}")
     result = headers.read_header(str(path))  # never raises, for any bytes
     if isinstance(result, headers.HeaderRecord):
         with open(path, "rb") as fp:

@@ -58,6 +58,41 @@ def test_fast_path_agrees_with_pydicom_on_written_files(tmp_path, dcm):
         assert fast.position == (1.5, -2.25, 300.0)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("vr,length", [(b"FD", 4), (b"US", 3), (b"SL", 4)])
+def test_a_file_meta_number_of_the_wrong_size_is_judged_by_pydicom(tmp_path, dcm, vr, length):
+    # Found by the fuzz: (0002,0000) stored as FD with 4 bytes. pydicom converts the group length
+    # while reading and refuses the file; the fast reader skipped it unread and kept the file.
+    data = bytearray(dcm.save(dcm.make_dataset(study_uid="1.2", series_uid="1.2.1"), tmp_path / "ok.dcm").read_bytes())
+    at = data.index(b"\x02\x00\x00\x00UL\x04\x00", 128)
+    value = bytes(data[at + 8:at + 8 + 4])
+    data[at:at + 12] = b"\x02\x00\x00\x00" + vr + length.to_bytes(2, "little") + (value + bytes(4))[:length]
+    path = tmp_path / "meta.dcm"
+    path.write_bytes(bytes(data))
+    if length % {b"FD": 8, b"US": 2, b"SL": 4}[vr]:
+        with open(path, "rb") as fp, pytest.raises(Unhandled):
+            read_tags(fp, len(data))
+    assert headers.read_header(str(path)) == _with_pydicom(path)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("spoiled", [b" .2", b"\t1.2", b"1.2"])
+def test_uid_values_are_stripped_as_pydicom_strips_them(tmp_path, dcm, spoiled):
+    # Found by the fuzz: a SOPClassUID with a leading space, which pydicom's UID drops.
+    ds = dcm.make_dataset(study_uid="1.2", series_uid="1.2.1")
+    data = bytearray(dcm.save(ds, tmp_path / "ok.dcm").read_bytes())
+    value = str(ds.SOPClassUID).encode()
+    at = data.index(b"\x08\x00\x16\x00UI")  # (0008,0016) in the data set, not the file meta
+    assert data[at + 8:at + 8 + len(value)] == value
+    data[at + 8:at + 8 + 3] = spoiled
+    path = tmp_path / "uid.dcm"
+    path.write_bytes(bytes(data))
+    fast = headers.read_header(str(path))
+    assert fast == _with_pydicom(path)
+    if spoiled != b"\t1.2":  # a tab: both readers judge the UID alike and skip the file
+        assert fast.sop_class_uid == (spoiled + value[3:]).decode().strip()
+
+
 def test_big_endian_and_deflate_go_through_pydicom(tmp_path, dcm):
     ds = dcm.make_dataset(study_uid="1.2.3", series_uid="1.2.3.4")
     for ts in (uid.ExplicitVRBigEndian, uid.DeflatedExplicitVRLittleEndian):

@@ -214,3 +214,75 @@ def test_missing_codec_names_the_extra(tmp_path, dcm):
 def test_missing_dependency_error_shape():
     exc = MissingDependencyError("decoding JPEG", ["pylibjpeg"], "codecs")
     assert "pip install 'lumbar-edge[codecs]'" in str(exc)
+
+
+# -- the direct read of plain little-endian files (pixels._read_native) --------------------------
+
+def _plain(dcm, path: Path, ts: str, *, allocated: int, stored: int, signed: bool, rows: int = 7, cols: int = 9,
+           photometric: str = "MONOCHROME2", vr: str = "OW", seed: int = 0) -> Path:
+    """A file whose every stored word is random, the bits above BitsStored included (PS3.5 8.1.1
+    says nothing of their values, so readers must ignore them)."""
+    rng = np.random.default_rng(seed)
+    dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32}[allocated]
+    words = rng.integers(0, 1 << allocated, (rows, cols), dtype=np.uint64).astype(dtype)
+    ds = dcm.make_dataset(study_uid="1.2", series_uid="1.2.1", rows=rows, cols=cols, photometric=photometric)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, stored, stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    raw = words.tobytes()
+    ds.PixelData = raw + (b"\0" if len(raw) % 2 else b"")  # an odd count is padded to even
+    ds["PixelData"].VR = "OB" if allocated == 8 else vr
+    return dcm.save(ds, path, ts)
+
+
+@pytest.mark.parametrize("ts", [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian], ids=lambda t: uid.UID(t).name)
+@pytest.mark.parametrize("allocated,stored,signed", [(16, 16, False), (16, 12, False), (16, 12, True), (16, 16, True),
+                                                     (8, 8, False), (8, 6, True), (32, 32, False), (32, 20, True),
+                                                     (16, 1, False)])
+def test_direct_read_is_pydicoms_pixel_array(tmp_path, dcm, ts, allocated, stored, signed):
+    from lumbar_edge.dicom.pixels import _read_native
+
+    for photometric, vr, rows, cols in (("MONOCHROME2", "OW", 7, 9), ("MONOCHROME1", "OB", 5, 5)):
+        path = _plain(dcm, tmp_path / f"{photometric}.dcm", ts, allocated=allocated, stored=stored, signed=signed,
+                      rows=rows, cols=cols, photometric=photometric, vr=vr, seed=allocated + stored)
+        want = pydicom.dcmread(path).pixel_array
+        got = _read_native(path)
+        assert got is not None, "the direct read must take a plain little-endian file"
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        inst = scan_path(tmp_path).studies[0].series[0].instances[0]
+        np.testing.assert_array_equal(inst.pixel_array(), to_float(want, 1.0, 0.0, photometric, stored, int(signed)))
+        path.unlink()
+
+
+def test_direct_read_leaves_every_other_file_to_pydicom(tmp_path, dcm):
+    from lumbar_edge.dicom.pixels import _read_native
+
+    declined = {}
+    for name, ts in (("big", uid.ExplicitVRBigEndian), ("deflated", uid.DeflatedExplicitVRLittleEndian),
+                     ("rle", uid.RLELossless)):
+        declined[name] = _write(dcm, tmp_path / f"{name}.dcm", ts, sop_uid=pydicom.uid.generate_uid())
+    rgb = dcm.make_dataset(study_uid="1.2", series_uid="1.2.9", rows=4, cols=4)
+    rgb.SamplesPerPixel, rgb.PhotometricInterpretation, rgb.PlanarConfiguration = 3, "RGB", 0
+    rgb.BitsAllocated, rgb.BitsStored, rgb.HighBit, rgb.PixelData = 8, 8, 7, bytes(range(48))
+    declined["rgb"] = dcm.save(rgb, tmp_path / "rgb.dcm")
+    two = dcm.make_dataset(study_uid="1.2", series_uid="1.2.8", rows=4, cols=4, pixels=np.arange(16, dtype=np.uint16).reshape(4, 4))
+    two.NumberOfFrames, two.PixelData = 2, two.PixelData * 2
+    declined["two frames"] = dcm.save(two, tmp_path / "two.dcm")
+    short = dcm.make_dataset(study_uid="1.2", series_uid="1.2.7", rows=SIZE, cols=SIZE, pixels=PIXELS)
+    short.PixelData = short.PixelData[:-64]
+    declined["short pixel data"] = dcm.save(short, tmp_path / "short.dcm")
+    wide = dcm.make_dataset(study_uid="1.2", series_uid="1.2.6", rows=4, cols=4)
+    wide.BitsStored = 17  # more than allocated: pydicom's to refuse
+    declined["BitsStored > BitsAllocated"] = dcm.save(wide, tmp_path / "wide.dcm")
+    cut = _plain(dcm, tmp_path / "cut.dcm", uid.ExplicitVRLittleEndian, allocated=16, stored=16, signed=False, rows=32, cols=32)
+    cut.write_bytes(cut.read_bytes()[:-100])  # the file ends inside its pixel data
+    declined["truncated"] = cut
+    declined["missing"] = tmp_path / "missing.dcm"
+    for what, path in declined.items():
+        assert _read_native(path) is None, what
+    # pydicom still decodes what it can, and the errors stay its own
+    instances = {i.path.name: i for st in scan_path(tmp_path).studies for se in st.series for i in se.instances}
+    for name in ("big.dcm", "deflated.dcm", "rle.dcm"):
+        np.testing.assert_array_equal(instances[name].pixel_array(), PIXELS.astype(np.float32))
+    with pytest.raises(DicomError, match="short.dcm"):
+        instances["short.dcm"].pixel_array()
