@@ -156,10 +156,11 @@ def _read_native(path) -> Optional[np.ndarray]:
     Why: pydicom builds a whole Dataset to reach the pixels (0.85 ms a file here); the scan's own
     header reader (:mod:`.fastread`) finds the pixel data element in a fraction of that, and the
     values of an uncompressed little-endian file are the bytes themselves. Taken only where the
-    result is exactly pydicom's (3.x) ``pixel_array``: implicit or explicit VR little endian,
-    (7FE0,0010) PixelData (OB or OW where the VR is stored) of defined length holding at least Rows x Columns values of 8, 16 or
-    32 bits, SamplesPerPixel 1, one frame, MONOCHROME1/2, 1 <= BitsStored <= BitsAllocated; the
-    bits above BitsStored are cleared (unsigned) or copy the sign bit (signed), as pydicom's
+    result is exactly what pydicom (3.x) decodes (``pydicom.pixels.pixel_array(path)``, the fuzz
+    test's oracle): implicit or explicit VR little endian, (7FE0,0010) PixelData (OB or OW where
+    the VR is stored) of defined length holding at least Rows x Columns values of 8, 16 or 32
+    bits, SamplesPerPixel 1, one frame, MONOCHROME1/2, 1 <= BitsStored <= BitsAllocated; the bits
+    above BitsStored are cleared (unsigned) or copy the sign bit (signed), as pydicom's
     ``correct_unused_bits`` does. Anything else, a header the fast reader hands to pydicom, or a
     file it cannot open returns None: pydicom stays the authority on those files and their errors.
     """
