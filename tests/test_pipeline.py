@@ -187,6 +187,28 @@ def test_overlapped_run_gives_the_sequential_results_in_order_and_survives_a_bad
         list(Pipeline.load(tiny_bundle, backend="onnxruntime").run(studies, prefetch=-1))
 
 
+def test_inputs_preprocessed_together_on_threads_equal_those_made_one_by_one(tiny_rsna, tiny_bundle):
+    _, val_dir = tiny_rsna
+    scan = scan_path(val_dir / "train_images", progress=False)
+    runs = {}
+    # Compared at equal batch sizes only: an engine may compute another batch size otherwise.
+    for threads, batch in ((1, 8), (3, 8), (1, 3), (2, 3), (4, 1)):
+        with Pipeline.load(tiny_bundle, backend="onnxruntime", batch_size=batch, prep_threads=threads) as pipe:
+            assert pipe.prep_threads == threads
+            runs[threads, batch] = [pipe.run_study(study) for study in scan.studies[:2]]
+            # A pool only where several threads can share a batch, and gone once closed.
+            assert (pipe._prep_pool is not None) == (threads > 1 and batch > 1)
+        assert pipe._prep_pool is None
+    for key, got in runs.items():
+        for a, b in zip(runs[1, key[1]] if key[1] > 1 else runs[key], got):
+            assert _findings(b) == _findings(a), key
+            assert b.warnings == a.warnings and set(b.slices) == set(a.slices), key
+            for k in a.slices:
+                np.testing.assert_array_equal(b.slices[k], a.slices[k])
+    with pytest.raises(InputError, match="prep_threads"):
+        Pipeline.load(tiny_bundle, backend="onnxruntime", prep_threads=0)
+
+
 def _outputs(out: Path) -> dict:
     """Every output file's content, with the run-dependent parts (timings) removed."""
     got = {}
