@@ -47,7 +47,8 @@ EXTRAS = {
     "train": ["torch>=2.4", "tqdm>=4.60"],
     "export": ["torch>=2.4", "onnx>=1.16"],
     "trt": ["pycuda>=2024.1", "tensorrt-lean-cu13"],
-    "codecs": ["pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3", "pyjpegls>=1.2"],
+    "codecs": ["pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3", "pylibjpeg-rle>=2.0",
+               "pyjpegls>=1.2"],
     "serve": ["pynetdicom>=3.0"],
     # The fastest CPU engine on x86 (the openvino backend); reads the bundle's ONNX files.
     "openvino": ["openvino>=2024.4"],

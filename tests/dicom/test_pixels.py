@@ -286,3 +286,17 @@ def test_direct_read_leaves_every_other_file_to_pydicom(tmp_path, dcm):
         np.testing.assert_array_equal(instances[name].pixel_array(), PIXELS.astype(np.float32))
     with pytest.raises(DicomError, match="short.dcm"):
         instances["short.dcm"].pixel_array()
+
+
+def test_rle_is_decoded_by_pylibjpeg_rle_where_installed_with_pydicoms_values(tmp_path, dcm):
+    from lumbar_edge.dicom.pixels import preferred_plugin
+
+    assert preferred_plugin(uid.ExplicitVRLittleEndian) == "" and preferred_plugin(uid.JPEGLSLossless) == ""
+    pytest.importorskip("rle", reason="pylibjpeg-rle (the codecs extra) is not installed")
+    assert preferred_plugin(uid.RLELossless) == "pylibjpeg"
+    path = _write(dcm, tmp_path / "rle.dcm", uid.RLELossless)
+    ours = scan_path(tmp_path).studies[0].series[0].instances[0].pixel_array()
+    np.testing.assert_array_equal(ours, PIXELS.astype(np.float32))
+    from pydicom.pixels import pixel_array
+
+    np.testing.assert_array_equal(pixel_array(path, decoding_plugin="pydicom"), PIXELS)
