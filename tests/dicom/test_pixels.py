@@ -288,10 +288,30 @@ def test_direct_read_leaves_every_other_file_to_pydicom(tmp_path, dcm):
         instances["short.dcm"].pixel_array()
 
 
+@pytest.mark.parametrize("ts,module", [(uid.JPEGLSLossless, "jpeg_ls"), (uid.JPEGLSNearLossless, "jpeg_ls")])
+def test_jpeg_ls_is_decoded_by_pyjpegls_where_installed_with_the_same_values(tmp_path, dcm, ts, module):
+    from lumbar_edge.dicom.pixels import preferred_plugin
+
+    assert preferred_plugin(uid.ExplicitVRLittleEndian) == ""
+    pytest.importorskip(module, reason="pyjpegls (the codecs extra) is not installed")
+    assert preferred_plugin(ts) == "pyjpegls"
+    if not _encodable(ts):
+        pytest.skip("no installed plugin encodes JPEG-LS")
+    ds = dcm.make_dataset(study_uid="1.2.3", series_uid="1.2.3.4", rows=SIZE, cols=SIZE, pixels=PIXELS)
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.compress(ts, **({"jls_error": 2} if ts == uid.JPEGLSNearLossless else {}))
+    path = dcm.save(ds, tmp_path / "jls.dcm")
+    ours = scan_path(tmp_path).studies[0].series[0].instances[0].pixel_array()
+    from pydicom.pixels import get_decoder, pixel_array
+
+    for other in get_decoder(ts).available_plugins:  # every installed decoder reads the same values
+        np.testing.assert_array_equal(ours, pixel_array(path, decoding_plugin=other).astype(np.float32))
+
+
 def test_rle_is_decoded_by_pylibjpeg_rle_where_installed_with_pydicoms_values(tmp_path, dcm):
     from lumbar_edge.dicom.pixels import preferred_plugin
 
-    assert preferred_plugin(uid.ExplicitVRLittleEndian) == "" and preferred_plugin(uid.JPEGLSLossless) == ""
+    assert preferred_plugin(uid.ExplicitVRLittleEndian) == ""
     pytest.importorskip("rle", reason="pylibjpeg-rle (the codecs extra) is not installed")
     assert preferred_plugin(uid.RLELossless) == "pylibjpeg"
     path = _write(dcm, tmp_path / "rle.dcm", uid.RLELossless)
