@@ -308,12 +308,13 @@ def test_jpeg_ls_is_decoded_by_pyjpegls_where_installed_with_the_same_values(tmp
         np.testing.assert_array_equal(ours, pixel_array(path, decoding_plugin=other).astype(np.float32))
 
 
-def test_rle_is_decoded_by_pylibjpeg_rle_where_installed_with_pydicoms_values(tmp_path, dcm):
-    from lumbar_edge.dicom.pixels import preferred_plugin
-
-    assert preferred_plugin(uid.ExplicitVRLittleEndian) == ""
+def test_rle_decoded_by_pylibjpeg_rle_gives_pydicoms_own_values(tmp_path, dcm):
+    # pylibjpeg-rle (the codecs extra; 1.3 against 4.0 ms a slice for pydicom's own decoder) is
+    # what pydicom picks for RLE where it is installed: the values must not change.
     pytest.importorskip("rle", reason="pylibjpeg-rle (the codecs extra) is not installed")
-    assert preferred_plugin(uid.RLELossless) == "pylibjpeg"
+    from pydicom.pixels import get_decoder
+
+    assert "pylibjpeg" in get_decoder(uid.RLELossless).available_plugins
     path = _write(dcm, tmp_path / "rle.dcm", uid.RLELossless)
     ours = scan_path(tmp_path).studies[0].series[0].instances[0].pixel_array()
     np.testing.assert_array_equal(ours, PIXELS.astype(np.float32))
