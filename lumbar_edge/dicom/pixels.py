@@ -1,9 +1,11 @@
 """Pixel decoding of one instance, on request: float32, rescaled, MONOCHROME1 inverted.
 
 Native syntaxes (implicit/explicit little endian, big endian, deflated) and RLE are decoded by
-pydicom itself, except plain single-frame little-endian files, whose values are read straight
-from the file where that gives exactly pydicom's array (:func:`_read_native`); JPEG, JPEG-LS and JPEG 2000 need a pydicom decoder plugin (pylibjpeg with its
-libjpeg/openjpeg plugins, pyjpegls), installed by the ``codecs`` extra. Whether a plugin is there
+pydicom itself (RLE by pylibjpeg-rle where installed), except plain single-frame little-endian
+files, whose values are read straight from the file where that gives exactly pydicom's array
+(:func:`_read_native`); JPEG, JPEG-LS and JPEG 2000 need a pydicom decoder plugin (pylibjpeg with
+its libjpeg/openjpeg plugins, pyjpegls), installed by the ``codecs`` extra; where pydicom's own
+order would pick a slower plugin, the faster one is asked for first (:func:`preferred_plugin`). Whether a plugin is there
 is asked of pydicom's decoder registry (``pydicom.pixels.get_decoder(uid).is_available``) before
 the file is read, so a missing codec is a clear MissingDependencyError, not a decoding failure.
 A frame of a multi-frame (Enhanced MR) file is decoded alone: only its bytes are read.
@@ -251,6 +253,10 @@ def _decode_stored(path) -> np.ndarray:
         plugin = preferred_plugin(str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")))
         if plugin and hasattr(ds, "pixel_array_options"):  # pydicom 3
             ds.pixel_array_options(decoding_plugin=plugin)
+            try:
+                return ds.pixel_array
+            except Exception:  # noqa: BLE001 - the preferred plugin failed: pydicom's own order decides
+                ds.pixel_array_options(decoding_plugin="")
         return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data
         raise DicomError(f"{path}: cannot decode the pixel data ({type(exc).__name__}: {_one_line(exc)})") from exc
@@ -269,7 +275,13 @@ def _decode_frame(path, frame: int, transfer_syntax_uid: str) -> np.ndarray:
         with open(path, "rb") as fp:
             if transfer_syntax_uid == "1.2.840.10008.1.2.1.99":  # deflated
                 return pixel_array(pydicom.dcmread(fp), index=frame)
-            return pixel_array(fp, index=frame, decoding_plugin=preferred_plugin(transfer_syntax_uid))
+            plugin = preferred_plugin(transfer_syntax_uid)
+            if plugin:
+                try:
+                    return pixel_array(fp, index=frame, decoding_plugin=plugin)
+                except Exception:  # noqa: BLE001 - the preferred plugin failed: pydicom's own order decides
+                    fp.seek(0)
+            return pixel_array(fp, index=frame)
     except (InvalidDicomError, OSError, EOFError) as exc:
         raise DicomError(f"{where}: cannot read the file: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data

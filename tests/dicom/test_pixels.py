@@ -321,3 +321,20 @@ def test_rle_decoded_by_pylibjpeg_rle_gives_pydicoms_own_values(tmp_path, dcm):
     from pydicom.pixels import pixel_array
 
     np.testing.assert_array_equal(pixel_array(path, decoding_plugin="pydicom"), PIXELS)
+
+
+def test_a_jpeg_ls_file_no_decoder_reads_is_a_one_line_dicom_error(tmp_path, dcm):
+    # The preferred plugin fails first, then pydicom's own order: the error stays one line.
+    pytest.importorskip("jpeg_ls", reason="pyjpegls (the codecs extra) is not installed")
+    if not _encodable(uid.JPEGLSLossless):
+        pytest.skip("no installed plugin encodes JPEG-LS")
+    good = _write(dcm, tmp_path / "src.dcm", uid.JPEGLSLossless)
+    ds = pydicom.dcmread(good)
+    good.unlink()
+    frame = next(pydicom.encaps.generate_fragments(ds.PixelData))
+    ds.PixelData = pydicom.encaps.encapsulate([frame[:4] + bytes(len(frame) - 4)])
+    ds.save_as(tmp_path / "garbage_jls.dcm")
+    (inst,) = scan_path(tmp_path).studies[0].series[0].instances
+    with pytest.raises(DicomError, match="garbage_jls.dcm: cannot decode") as info:
+        inst.pixel_array()
+    assert "\n" not in str(info.value)
