@@ -5,15 +5,15 @@ pydicom itself (RLE by pylibjpeg-rle where installed), except plain single-frame
 files, whose values are read straight from the file where that gives exactly pydicom's array
 (:func:`_read_native`); JPEG, JPEG-LS and JPEG 2000 need a pydicom decoder plugin (pylibjpeg with
 its libjpeg/openjpeg plugins, pyjpegls), installed by the ``codecs`` extra; where pydicom's own
-order would pick a slower plugin, the faster one is asked for first (:func:`preferred_plugin`). Whether a plugin is there
-is asked of pydicom's decoder registry (``pydicom.pixels.get_decoder(uid).is_available``) before
+order would pick a slower plugin, the faster one is asked for first (:func:`preferred_plugin`).
+Whether a plugin is there is asked of pydicom's decoder registry (``pydicom.pixels.get_decoder(uid).is_available``) before
 the file is read, so a missing codec is a clear MissingDependencyError, not a decoding failure.
 A frame of a multi-frame (Enhanced MR) file is decoded alone: only its bytes are read.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -85,6 +85,19 @@ def preferred_plugin(transfer_syntax_uid: str) -> str:
         return ""
 
 
+def _preferring(transfer_syntax_uid: str, decode: Callable[[str], np.ndarray]) -> np.ndarray:
+    """``decode(plugin)`` with this syntax's :func:`preferred_plugin` first, then with ``""``
+    (pydicom's own order, which tries every installed plugin) if that fails or there is none:
+    asking for one plugin must not lose the others as fallbacks."""
+    plugin = preferred_plugin(transfer_syntax_uid)
+    if not plugin:
+        return decode("")
+    try:
+        return decode(plugin)
+    except Exception:  # noqa: BLE001 - the preferred plugin failed: pydicom's own order decides
+        return decode("")
+
+
 def stored_value_range(bits_stored: int, pixel_representation: int) -> Tuple[int, int]:
     """The smallest and largest stored pixel value for BitsStored and PixelRepresentation."""
     bits = max(1, min(int(bits_stored), 32))
@@ -134,7 +147,7 @@ def decode_instance(instance) -> np.ndarray:
     if problem is not None:
         raise problem
     frame = getattr(instance, "frame", None)
-    stored = (_decode_stored(instance.path) if frame is None
+    stored = (_decode_stored(instance.path, instance.transfer_syntax_uid) if frame is None
               else _decode_frame(instance.path, frame, instance.transfer_syntax_uid))
     if stored.shape != (instance.rows, instance.columns):
         where = "" if frame is None else f" frame {frame + 1}"
@@ -164,10 +177,6 @@ def padding_mask(stored: np.ndarray, value: Optional[int], range_limit: Optional
     return mask if mask.any() else None
 
 
-#: Syntaxes whose pixel data :func:`_read_native` reads straight from the file: implicit and
-#: explicit VR little endian (uncompressed, not deflated).
-_DIRECT_SYNTAXES = frozenset(("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"))
-_IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 _PIXEL_DATA_TAG = 0x7FE00010
 #: (BitsAllocated, PixelRepresentation) -> the dtype pydicom returns for native pixel data.
 _NATIVE_DTYPES = {(8, 0): "u1", (8, 1): "i1", (16, 0): "<u2", (16, 1): "<i2", (32, 0): "<u4", (32, 1): "<i4"}
@@ -188,15 +197,16 @@ def _read_native(path) -> Optional[np.ndarray]:
     ``correct_unused_bits`` does. Anything else, a header the fast reader hands to pydicom, or a
     file it cannot open returns None: pydicom stays the authority on those files and their errors.
     """
-    from .fastread import Truncated, Unhandled, read_tags
+    from .fastread import EXPLICIT_LE, IMPLICIT_LE, Truncated, Unhandled, read_tags
 
     try:
         with open(path, "rb") as fp:
             head = read_tags(fp, os.fstat(fp.fileno()).st_size)
-            if head.transfer_syntax not in _DIRECT_SYNTAXES or head.pixel_tag != _PIXEL_DATA_TAG:
+            # Implicit and explicit VR little endian only (uncompressed, not deflated).
+            if head.transfer_syntax not in (IMPLICIT_LE, EXPLICIT_LE) or head.pixel_tag != _PIXEL_DATA_TAG:
                 return None
             explicit_vr = head.prefix[head.pixel_offset + 4:head.pixel_offset + 6]
-            if head.transfer_syntax != _IMPLICIT_VR_LE and explicit_vr not in (b"OB", b"OW"):
+            if head.transfer_syntax == EXPLICIT_LE and explicit_vr not in (b"OB", b"OW"):
                 return None  # pydicom reads pixel data stored as another VR (UT, UN ...) as that
             values = head.values()
             numbers = [values.get(k) for k in ("Rows", "Columns", "BitsAllocated", "BitsStored",
@@ -228,14 +238,15 @@ def _read_native(path) -> Optional[np.ndarray]:
     return arr
 
 
-def _decode_stored(path) -> np.ndarray:
-    """The stored values of the single-frame file at ``path``: read directly where
-    :func:`_read_native` can, else by pydicom."""
+def _decode_stored(path, transfer_syntax_uid: str) -> np.ndarray:
+    """The stored values of the single-frame file at ``path`` (of the syntax the scan read):
+    read directly where :func:`_read_native` can, else by pydicom."""
     direct = _read_native(path)
     if direct is not None:
         return direct
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import pixel_array
 
     try:
         ds = pydicom.dcmread(path)
@@ -250,14 +261,8 @@ def _decode_stored(path) -> np.ndarray:
         reason = verdict[1] if isinstance(verdict, tuple) else "the file has no pixel data"
         raise DicomError(f"{path}: {reason}")
     try:
-        plugin = preferred_plugin(str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")))
-        if plugin and hasattr(ds, "pixel_array_options"):  # pydicom 3
-            ds.pixel_array_options(decoding_plugin=plugin)
-            try:
-                return ds.pixel_array
-            except Exception:  # noqa: BLE001 - the preferred plugin failed: pydicom's own order decides
-                ds.pixel_array_options(decoding_plugin="")
-        return ds.pixel_array
+        return _preferring(transfer_syntax_uid,
+                           lambda plugin: pixel_array(ds, decoding_plugin=plugin) if plugin else ds.pixel_array)
     except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data
         raise DicomError(f"{path}: cannot decode the pixel data ({type(exc).__name__}: {_one_line(exc)})") from exc
 
@@ -275,13 +280,12 @@ def _decode_frame(path, frame: int, transfer_syntax_uid: str) -> np.ndarray:
         with open(path, "rb") as fp:
             if transfer_syntax_uid == "1.2.840.10008.1.2.1.99":  # deflated
                 return pixel_array(pydicom.dcmread(fp), index=frame)
-            plugin = preferred_plugin(transfer_syntax_uid)
-            if plugin:
-                try:
-                    return pixel_array(fp, index=frame, decoding_plugin=plugin)
-                except Exception:  # noqa: BLE001 - the preferred plugin failed: pydicom's own order decides
-                    fp.seek(0)
-            return pixel_array(fp, index=frame)
+
+            def decode(plugin: str) -> np.ndarray:
+                fp.seek(0)
+                return pixel_array(fp, index=frame, decoding_plugin=plugin)
+
+            return _preferring(transfer_syntax_uid, decode)
     except (InvalidDicomError, OSError, EOFError) as exc:
         raise DicomError(f"{where}: cannot read the file: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - plugins raise ValueError, RuntimeError, OSError ... on bad data

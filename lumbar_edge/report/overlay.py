@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..labels import SEVERITIES, level_title
-from ..preprocess import bilinear_taps, letterbox, window
+from ..preprocess import letterbox, window
 from ..results import NOT_FOR_CLINICAL_USE, Finding, StudyResult
 from ._io import safe_name
 from .png import (CELL_HEIGHT, blend, circle, colormap, draw_text, fill_circle, gray_to_rgb, line, shade_rect,
