@@ -114,13 +114,15 @@ class StateStore:
         """Append the journal lines a kill cut off: a state is saved before its journal line is
         written, so a process killed between the two leaves a study whose stage says it was
         completed (or done) with no such line. Each missing line is added once, marked
-        ``recovered``; returns how many."""
+        ``recovered``, with what the line it stands for carries (a ``done`` line its number of
+        result files, from the state); returns how many."""
         seen = {(e.get("event"), e.get("study_uid"), e.get("revision")) for e in read_journal(self.root)}
         added = 0
         for st in states:
             for event in _IMPLIED_EVENTS.get(st.stage, ()):
                 if (event, st.study_uid, st.revision) not in seen:
-                    self.journal(event, st, recovered=True)
+                    extra = {"results": len(st.results)} if event == "done" else {}
+                    self.journal(event, st, recovered=True, **extra)
                     added += 1
         return added
 

@@ -169,7 +169,7 @@ def test_journal_lines_cut_off_by_a_kill_are_added_once_at_start(tmp_path):
     # A state is saved before its journal line is written: a kill between the two leaves a study
     # whose stage says it was completed (or done) with no line for it.
     store = StateStore(tmp_path)
-    done = BatchState("9.1", 1, stage="done", sop_uids=["1.1"])
+    done = BatchState("9.1", 1, stage="done", sop_uids=["1.1"], results=["a/sr.dcm", "a/sc1.dcm", "a/sc2.dcm"])
     complete = BatchState("9.2", 1, stage="complete", sop_uids=["2.1"])
     receiving = BatchState("9.3", 1)
     for st in (done, complete, receiving):
@@ -179,6 +179,8 @@ def test_journal_lines_cut_off_by_a_kill_are_added_once_at_start(tmp_path):
     entries = read_journal(tmp_path)
     got = [(e["event"], e["study_uid"], e.get("recovered", False)) for e in entries]
     assert got == [("complete", "9.1", False), ("done", "9.1", True), ("complete", "9.2", True)]
+    # The recovered "done" line counts the results as the worker's own line does.
+    assert entries[1]["results"] == 3 and "results" not in entries[2]
     # Once added, never again.
     assert store.reconcile_journal([done, complete, receiving]) == 0
     assert len(read_journal(tmp_path)) == 3
