@@ -58,6 +58,7 @@ _KEEP: Dict[int, Tuple[str, str, FrozenSet[bytes]]] = {
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _NOT_LITTLE_ENDIAN_STREAM = ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99")  # big endian, deflate
 
 _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
@@ -71,6 +72,9 @@ _TEXT_VRS = frozenset(("SH", "LO", "ST", "LT", "UC", "UT", "PN"))
 #: SpecificCharacterSet values whose decoding this reader does as pydicom does (PS3.3 C.12.1.1.2).
 _CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _UNDEFINED = 0xFFFFFFFF
+#: The groups a bare file (no preamble, no 'DICM') starts with: its file meta (0002) written
+#: without the preamble, or an image data set's identifying group (0008) with no file meta.
+_BARE_GROUPS = (0x0002, 0x0008)
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 _CHUNK = 16384
@@ -143,6 +147,23 @@ class Header:
         charset = self.raw.get("SpecificCharacterSet")
         encoding = _charset(charset[1]) if charset is not None else "latin-1"
         return {kw: _decode(vr, raw, encoding) for kw, (vr, raw) in self.raw.items() if kw != "SpecificCharacterSet"}
+
+
+def starts_bare(head: bytes, size: int) -> bool:
+    """Whether ``head`` (the first 8 bytes or more of a file of ``size`` bytes) starts like a bare
+    DICOM stream: a first element of group 0002 or 0008 numbered below 0x0100, in explicit VR (a
+    VR of PS3.5; little endian, or big endian for a data set, since file meta is always little
+    endian) or in implicit VR little endian (a value length the file can hold). Such files (old
+    exports that wrote the data set without the Part 10 file format) are what dcmtk reads as a
+    data set and pydicom only with ``force=True``; a file that starts otherwise is not DICOM."""
+    if len(head) < 8:
+        return False
+    vr = bytes(head[4:6])
+    explicit = vr in _SHORT_VRS or vr in _LONG_VRS
+    group, element = _U16.unpack_from(head, 0)[0], _U16.unpack_from(head, 2)[0]
+    if group in _BARE_GROUPS and element < 0x100:
+        return explicit or _U32.unpack_from(head, 4)[0] <= size - 8
+    return head[:3] == b"\x00\x08\x00" and explicit
 
 
 def read_tags(fp: BinaryIO, size: int) -> Header:

@@ -24,7 +24,7 @@ import stat
 import struct
 from typing import Any, List, NamedTuple, Optional, Tuple, Union
 
-from .fastread import Truncated, Unhandled, read_tags
+from .fastread import EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, Truncated, Unhandled, read_tags, starts_bare
 
 #: The tags a scan reads (keywords). SpecificCharacterSet is always read by pydicom.
 HEADER_KEYWORDS: Tuple[str, ...] = (
@@ -194,16 +194,44 @@ def _is_multi_frame(values, media_class: str) -> bool:
         return False
 
 
-def _read_with_pydicom(fp, path: str, size: int,
-                       multi_frame: bool = False) -> Union[HeaderRecord, List[HeaderRecord], Skip]:
-    """The general path: pydicom reads the scan tags (big endian, deflate, files without a
-    preamble, odd structures); any error it raises makes the file a skip. ``multi_frame``:
-    read the whole header (the functional group sequences too) and return one record per frame."""
+def read_dataset(fp, **kwargs):
+    """pydicom's ``dcmread(fp, **kwargs)``, which also reads a bare file (:func:`.fastread.starts_bare`:
+    the data set, or the file meta and data set, written without the preamble and 'DICM') that
+    dcmread refuses without ``force=True``. A bare data set has no transfer syntax: the one
+    pydicom read it in (implicit or explicit VR, little or big endian, which it tells from the
+    first element) is put in its file meta, so that its pixel data decodes.
+
+    Raises pydicom's InvalidDicomError when the file starts like neither, and whatever dcmread
+    raises on malformed bytes."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
+    start = fp.tell()
     try:
-        ds = dcmread(fp, stop_before_pixels=True, specific_tags=None if multi_frame else list(HEADER_KEYWORDS))
+        return dcmread(fp, **kwargs)
+    except InvalidDicomError:
+        fp.seek(start)
+        head = fp.read(8)
+        size = fp.seek(0, os.SEEK_END) - start
+        fp.seek(start)
+        if not starts_bare(head, size):
+            raise
+    ds = dcmread(fp, force=True, **kwargs)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = IMPLICIT_LE if implicit else EXPLICIT_LE if little else EXPLICIT_BE
+    return ds
+
+
+def _read_with_pydicom(fp, path: str, size: int,
+                       multi_frame: bool = False) -> Union[HeaderRecord, List[HeaderRecord], Skip]:
+    """The general path: pydicom reads the scan tags (big endian, deflate, bare files without the
+    preamble, odd structures); any error it raises makes the file a skip. ``multi_frame``:
+    read the whole header (the functional group sequences too) and return one record per frame."""
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = read_dataset(fp, stop_before_pixels=True, specific_tags=None if multi_frame else list(HEADER_KEYWORDS))
         meta = getattr(ds, "file_meta", None)
         ts = str(meta.get("TransferSyntaxUID", "")) if meta else ""
         media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta else ""
@@ -216,8 +244,9 @@ def _read_with_pydicom(fp, path: str, size: int,
         else:
             pixel, pixel_length = _pixel_element(fp, ds, size)
     except InvalidDicomError:
-        # pydicom raises this only for a missing 'DICM' prefix / file meta; its own text goes
-        # on to advise force=True, which is not advice for a user of a scan.
+        # pydicom raises this only for a missing 'DICM' prefix / file meta of a file that does
+        # not start like a bare data set either; its own text goes on to advise force=True,
+        # which is not advice for a user of a scan.
         return "not_dicom", "not a DICOM file (no DICM prefix or file meta header)"
     except PermissionError:
         return "unreadable", "permission denied"
@@ -420,7 +449,7 @@ def _found_implicit(read_at, assumed: bool) -> bool:
     """Whether pydicom read the data set as implicit VR: it looks at the VR bytes of the data
     set's first element, after the file meta, and trusts them over the transfer syntax (two
     capitals: explicit; filereader._is_implicit_vr). ``assumed`` when there is no element."""
-    pos = 132
+    pos = 132 if read_at(128, 4) == b"DICM" else 0  # a bare file starts with its meta or data set
     while True:  # the file meta: explicit VR little endian, group 0002
         head = read_at(pos, 12)
         if len(head) < 8 or head[:2] != b"\x02\x00":

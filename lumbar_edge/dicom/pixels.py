@@ -244,19 +244,19 @@ def _decode_stored(path, transfer_syntax_uid: str) -> np.ndarray:
     direct = _read_native(path)
     if direct is not None:
         return direct
-    import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import pixel_array
 
+    from .headers import read_dataset, read_header
+
     try:
-        ds = pydicom.dcmread(path)
+        with open(path, "rb") as fp:
+            ds = read_dataset(fp)
     except (InvalidDicomError, OSError, EOFError) as exc:
         raise DicomError(f"{path}: cannot read the file: {exc}") from exc
     if "PixelData" not in ds:
         # pydicom drops a pixel data element that the file ends inside (with a warning), so
         # "no pixel data" would hide the real reason: the scan's checks name it.
-        from .headers import read_header
-
         verdict = read_header(str(path))
         reason = verdict[1] if isinstance(verdict, tuple) else "the file has no pixel data"
         raise DicomError(f"{path}: {reason}")
@@ -271,15 +271,22 @@ def _decode_frame(path, frame: int, transfer_syntax_uid: str) -> np.ndarray:
     """The stored values of 0-based ``frame`` of the multi-frame file at ``path``, reading that
     frame's bytes only (pydicom's ``pixel_array(file, index=...)`` skips the other frames and
     the functional group sequences). A deflated file has to be inflated whole first."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import pixel_array
+
+    from .fastread import starts_bare
+    from .headers import read_dataset
 
     where = f"{path} frame {frame + 1}"
     try:
         with open(path, "rb") as fp:
-            if transfer_syntax_uid == "1.2.840.10008.1.2.1.99":  # deflated
-                return pixel_array(pydicom.dcmread(fp), index=frame)
+            head = fp.read(132)
+            fp.seek(0)
+            if transfer_syntax_uid == "1.2.840.10008.1.2.1.99" or (
+                    head[128:] != b"DICM" and starts_bare(head, os.fstat(fp.fileno()).st_size)):
+                # deflated (to be inflated whole) or bare (pixel_array of a file needs the
+                # file format): the data set is read first
+                return pixel_array(read_dataset(fp), index=frame)
 
             def decode(plugin: str) -> np.ndarray:
                 fp.seek(0)

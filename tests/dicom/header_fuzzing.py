@@ -93,7 +93,7 @@ def retag(data: bytes, transfer_syntax: str) -> bytes:
 def seed_files(make_dataset, save, folder: Path) -> Dict[str, bytes]:
     """Real files written by pydicom (name -> bytes): explicit and implicit VR little endian with
     nested sequences, UTF-8 and Latin-1 text, big endian, JPEG 2000 and RLE (encapsulated),
-    and files whose meta names the other VR encoding than their data set's."""
+    files whose meta names the other VR encoding than their data set's, and bare files."""
     folder.mkdir(parents=True, exist_ok=True)
     seeds: Dict[str, bytes] = {}
     for ts in (uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.ExplicitVRBigEndian):
@@ -111,7 +111,23 @@ def seed_files(make_dataset, save, folder: Path) -> Dict[str, bytes]:
         seeds[uid.UID(ts).name] = save(ds, folder / f"{ts}.dcm").read_bytes()
     seeds["implicit data, explicit meta"] = retag(seeds[uid.ImplicitVRLittleEndian.name], uid.ExplicitVRLittleEndian)
     seeds["explicit data, implicit meta"] = retag(seeds[uid.ExplicitVRLittleEndian.name], uid.ImplicitVRLittleEndian)
+    # Bare files (no preamble or 'DICM'), as old exports write them: pydicom reads them only
+    # with force=True, the header reader when they start like a data set or file meta.
+    seeds["bare: meta without preamble"] = seeds[uid.ExplicitVRLittleEndian.name][132:]
+    for ts in (uid.ImplicitVRLittleEndian, uid.ExplicitVRBigEndian):
+        seeds[f"bare: {uid.UID(ts).name} data set"] = _without_meta(seeds[uid.UID(ts).name])
     return seeds
+
+
+def _without_meta(data: bytes) -> bytes:
+    """The data set of the Part 10 file ``data``: its preamble, 'DICM' and file meta dropped."""
+    pos = 132
+    while data[pos:pos + 2] == b"\x02\x00":  # the meta is explicit VR little endian
+        if data[pos + 4:pos + 6] in (b"OB", b"UN", b"UT", b"SQ", b"OW"):
+            pos += 12 + struct.unpack_from("<L", data, pos + 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", data, pos + 6)[0]
+    return data[pos:]
 
 
 def _vr_positions(data: bytes) -> List[int]:

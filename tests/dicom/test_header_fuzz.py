@@ -37,7 +37,9 @@ def test_every_seed_is_read_alike_by_both_readers(tmp_path, dcm):
         "Explicit VR Little Endian": "fast:record", "Implicit VR Little Endian": "fast:record",
         "Explicit VR Big Endian": "unhandled:record", "JPEG 2000 Image Compression (Lossless Only)": "fast:record",
         "RLE Lossless": "fast:record", "implicit data, explicit meta": "unhandled:record",
-        "explicit data, implicit meta": "unhandled:record",
+        "explicit data, implicit meta": "unhandled:record", "bare: meta without preamble": "unhandled:record",
+        "bare: Implicit VR Little Endian data set": "unhandled:record",
+        "bare: Explicit VR Big Endian data set": "unhandled:record",
     }
 
 

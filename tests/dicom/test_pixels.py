@@ -13,6 +13,7 @@ from pydicom import uid
 from pydicom.pixels import get_encoder
 
 from lumbar_edge.dicom import format_scan, scan_path
+from lumbar_edge.dicom.fastread import starts_bare
 from lumbar_edge.dicom.pixels import codec_problem, stored_value_range, to_float
 from lumbar_edge.errors import DicomError, MissingDependencyError
 
@@ -338,3 +339,61 @@ def test_a_jpeg_ls_file_no_decoder_reads_is_a_one_line_dicom_error(tmp_path, dcm
     with pytest.raises(DicomError, match="garbage_jls.dcm: cannot decode") as info:
         inst.pixel_array()
     assert "\n" not in str(info.value)
+
+
+def _write_bare(dcm, path: Path, ts: str, keep_meta: bool) -> Path:
+    """A file as old exports write it: no preamble or 'DICM'; with its file meta
+    (``keep_meta``) or the data set alone, in ``ts``."""
+    ds = dcm.make_dataset(study_uid="1.2.3", series_uid="1.2.3.4", rows=SIZE, cols=SIZE, pixels=PIXELS)
+    little = ts != uid.ExplicitVRBigEndian
+    if not little:
+        ds.PixelData = np.frombuffer(ds.PixelData, dtype="<u2").astype(">u2").tobytes()
+    ds.file_meta.TransferSyntaxUID = ts
+    if not keep_meta:
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.preamble = None
+    pydicom.dcmwrite(path, ds, enforce_file_format=False, implicit_vr=ts == uid.ImplicitVRLittleEndian,
+                     little_endian=little, force_encoding=True)
+    return path
+
+
+# (File meta is always explicit VR little endian: a big endian data set is bare without it.)
+@pytest.mark.parametrize("ts,keep_meta", [
+    (uid.ImplicitVRLittleEndian, False), (uid.ExplicitVRLittleEndian, False), (uid.ExplicitVRBigEndian, False),
+    (uid.ImplicitVRLittleEndian, True), (uid.ExplicitVRLittleEndian, True),
+], ids=["implicit", "explicit", "big endian", "implicit with meta", "explicit with meta"])
+def test_a_bare_file_without_preamble_is_scanned_and_decoded(tmp_path, dcm, ts, keep_meta):
+    path = _write_bare(dcm, tmp_path / "IM0001", ts, keep_meta)
+    data = path.read_bytes()
+    assert data[128:132] != b"DICM"
+    with pytest.raises(pydicom.errors.InvalidDicomError):
+        pydicom.dcmread(path)  # what the scan reads pydicom refuses without force=True
+    result = scan_path(tmp_path)
+    assert not result.skipped
+    (series,) = result.studies[0].series
+    inst = series.instances[0]
+    assert inst.transfer_syntax_uid == ts  # from the meta, or the encoding the data set is in
+    assert (inst.rows, inst.columns) == (SIZE, SIZE)
+    out = series.pixels(0)
+    np.testing.assert_array_equal(out, PIXELS.astype(np.float32))
+    assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("head", [b"\x08\x00\x05\x00\x0a\x00\x00\x00", b"\x08\x00\x08\x00CS\x16\x00",
+                                  b"\x02\x00\x00\x00UL\x04\x00", b"\x00\x08\x00\x05CS\x00\x0a"])
+def test_starts_bare_accepts_the_first_elements_of_a_bare_file(head):
+    assert starts_bare(head + b"\0" * 16, 1000)
+
+
+@pytest.mark.parametrize("head", [b"%PDF-1.7\n", b"\x89PNG\r\n\x1a\n", b"hello world\n", b"\x08\x00\x05\x00",
+                                  b"\x08\x00\x05\x00\xff\xff\x00\x10",  # implicit length past the end
+                                  b"\x10\x00\x10\x00PN\x04\x00",  # group 0010 first: not an image data set's start
+                                  b"\x08\x00\x05\x01CS\x0a\x00", b"\x00\x08\x00\x05XX\x00\x0a"])
+def test_starts_bare_refuses_other_bytes(head):
+    assert not starts_bare(head, 1000)
+
+
+def test_a_text_file_is_still_not_dicom(tmp_path):
+    (tmp_path / "notes").write_bytes(b"\x08\x00 not dicom at all, only starts like it" * 4)
+    result = scan_path(tmp_path)
+    assert [s.category for s in result.skipped] == ["not_dicom"]
