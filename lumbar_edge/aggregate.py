@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .dicom.geometry import slice_spacing
 from .labels import LEVELS
 from .preprocess import Letterbox
 from .results import Keypoint
@@ -160,7 +161,9 @@ def through_plane_scores(points_mm: np.ndarray, scores: np.ndarray, normal, sigm
     weight = np.exp(-0.5 * (gap / sigma_mm) ** 2)
     # The kernel's full mass, as if the stack went on with the same spacing: slices missing at
     # the ends of the stack then count as 0 rather than being ignored.
-    spacing = float(np.median(np.abs(np.diff(np.sort(position[0]))))) if s.shape[1] > 1 else 0.0
+    # (Steps between slices in one plane, which the scan leaves out, do not count: a median step
+    # of ~0 would make the kernel's reach unbounded.)
+    spacing = slice_spacing(position[0]) or 0.0
     if spacing > 0:
         reach = int(np.ceil(3 * sigma_mm / spacing))
         mass = float(np.exp(-0.5 * ((np.arange(-reach, reach + 1) * spacing) / sigma_mm) ** 2).sum())

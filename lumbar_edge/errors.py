@@ -2,7 +2,8 @@
 
 Anything the user can fix (a bad path, an unreadable file, a missing optional package, a bundle
 made for another GPU) raises a subclass of :class:`LumbarEdgeError`. The CLI prints those as one
-line without a traceback; anything else is a bug and keeps its traceback.
+line without a traceback; anything else is a bug and keeps its traceback (in a batch, the study
+that met it fails as :class:`UnexpectedStudyError`, its traceback logged, and the others go on).
 """
 
 
@@ -16,6 +17,11 @@ class InputError(LumbarEdgeError):
 
 class DicomError(LumbarEdgeError):
     """A DICOM file or series cannot be read or used."""
+
+
+class UnexpectedStudyError(LumbarEdgeError):
+    """A study of a batch met a defect of lumbar-edge, not of its input: it is reported as one
+    failed study naming the exception (whose traceback is logged), and the batch goes on."""
 
 
 class MissingDependencyError(LumbarEdgeError):

@@ -9,6 +9,7 @@ DICOM listener call the same thing. One step per module, as MONAI Deploy's opera
 """
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,11 +19,13 @@ import numpy as np
 
 from .aggregate import (AggregationConfig, SlicePeaks, axial_findings, axial_slices_for_levels, sagittal_levels,
                         shared_point_warning, shared_points)
-from .errors import DicomError, InputError, LumbarEdgeError
+from .errors import DicomError, InputError, LumbarEdgeError, UnexpectedStudyError
 from .labels import CONDITIONS, LEVELS, HeadLayout, level_title
 from .preprocess import PreprocessConfig, preprocess_stack
 from .results import Finding, StudyResult, slice_key
 from .select import DEFAULT_SELECTION, select_series
+
+log = logging.getLogger(__name__)
 
 #: Used when a bundle records no class priors: the RSNA 2024 training frequencies, roughly.
 FALLBACK_PRIOR = (0.75, 0.17, 0.08)
@@ -434,6 +437,8 @@ class Pipeline:
                     yield study, self.run_study(study)
                 except LumbarEdgeError as exc:
                     yield study, exc
+                except Exception as exc:  # noqa: BLE001 - a defect met on one study must not stop the batch
+                    yield study, _unexpected(study, exc)
             return
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
@@ -461,12 +466,24 @@ class Pipeline:
                 except LumbarEdgeError as exc:
                     yield study, exc
                     continue
+                except Exception as exc:  # noqa: BLE001 - a defect met on one study must not stop the batch
+                    yield study, _unexpected(study, exc)
+                    continue
                 yield study, result
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
 _END = object()
+
+
+def _unexpected(study, exc: Exception) -> UnexpectedStudyError:
+    """The one-line failure of ``study`` for an exception that is a defect, its traceback logged."""
+    name = getattr(study, "study_id", None) or str(study)
+    log.error("study %s: unexpected error (a defect of lumbar-edge; please report it with this traceback)",
+              name, exc_info=exc)
+    return UnexpectedStudyError(f"unexpected error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                f"the traceback is in the log")
 
 
 class _BadSlice(Exception):

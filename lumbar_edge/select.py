@@ -5,6 +5,9 @@ the series kinds that can serve it (in order of preference), the least number of
 every candidate is used (``combine``) and, when only one is, the criteria that decide between
 several candidates (``criteria``, in order):
 
+- ``original``: an ORIGINAL series (ImageType's first value) before a DERIVED one: a
+  reformat (MPR), a composed whole-spine image or a filtered copy beside the acquired series is
+  not what the model was trained on;
 - ``coverage``: the extent of the series across its slices (mm along the slice normals, over all
   its stacks): a repeat stopped part-way, or a narrow stack, covers less of the spine;
 - ``completeness``: the share of the slices its extent calls for that are there (slices left out
@@ -33,7 +36,7 @@ MIN_SLICES = {"sagittal_t2": 3, "sagittal_t1": 3, "axial_t2": 1}
 COVERAGE_TOLERANCE = 0.10
 #: Completeness within this difference (a share of slices) is a tie.
 COMPLETENESS_TOLERANCE = 0.02
-CRITERIA = ("coverage", "completeness", "later")
+CRITERIA = ("original", "coverage", "completeness", "later")
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,15 @@ def completeness(series) -> float:
     return min(1.0, present / expected) if expected else 1.0
 
 
+def is_original(series) -> bool:
+    """Whether the series' ImageType says ORIGINAL (or says nothing): not a DERIVED image."""
+    image_type = (getattr(series, "sequence", None) or {}).get("ImageType") or []
+    return not image_type or str(image_type[0]).strip().upper() != "DERIVED"
+
+
 def _describe(series) -> str:
     stacks = len(series.stacks)
-    return (f"{series_label(series)}: {len(series.instances)} slices"
+    return (f"{series_label(series)}: {'' if is_original(series) else 'derived, '}{len(series.instances)} slices"
             f"{f' in {stacks} stacks' if stacks > 1 else ''}, {coverage_mm(series):.0f} mm covered, "
             f"{100.0 * completeness(series):.0f}% complete")
 
@@ -123,7 +132,11 @@ def _describe(series) -> str:
 def _better(a, b, criteria: Sequence[str]) -> Tuple[object, str]:
     """The better of two candidates and the criterion that decided."""
     for criterion in criteria:
-        if criterion == "coverage":
+        if criterion == "original":
+            oa, ob = is_original(a), is_original(b)
+            if oa != ob:
+                return (a, "an original acquisition, not derived") if oa else (b, "an original acquisition, not derived")
+        elif criterion == "coverage":
             ca, cb = coverage_mm(a), coverage_mm(b)
             if abs(ca - cb) > COVERAGE_TOLERANCE * max(ca, cb, 1e-9):
                 return (a, "wider coverage of the spine") if ca > cb else (b, "wider coverage of the spine")

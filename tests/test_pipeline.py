@@ -17,7 +17,7 @@ import pytest
 from lumbar_edge.cli import main
 from lumbar_edge.dicom import scan_path
 from lumbar_edge.labels import CONDITIONS, LEVELS
-from lumbar_edge.errors import InputError, LumbarEdgeError
+from lumbar_edge.errors import InputError, LumbarEdgeError, UnexpectedStudyError
 from lumbar_edge.pipeline import Pipeline, StudyError
 
 
@@ -185,6 +185,40 @@ def test_overlapped_run_gives_the_sequential_results_in_order_and_survives_a_bad
     assert runs[1][2][1].study_id == scan.studies[1].study_id
     with pytest.raises(InputError, match="prefetch"):
         list(Pipeline.load(tiny_bundle, backend="onnxruntime").run(studies, prefetch=-1))
+
+
+def test_a_defect_met_on_one_study_fails_that_study_and_the_batch_goes_on(tiny_rsna, tiny_bundle, tmp_path,
+                                                                          monkeypatch, caplog):
+    # Fault injection: the aggregation raises what a defect would (not a LumbarEdgeError) for
+    # the first study's sagittal T2 only; every other step runs for real.
+    import lumbar_edge.pipeline as pipeline_module
+
+    _, val_dir = tiny_rsna
+    scan = scan_path(val_dir / "train_images", progress=False)
+    first, second = scan.studies[0], scan.studies[1]
+    bad_uids = {s.series_uid for s in first.series}
+    real = pipeline_module.sagittal_levels
+
+    def defective(t2, *args, **kwargs):
+        if t2 is not None and t2.series_uid in bad_uids:
+            raise ZeroDivisionError("float division by zero")
+        return real(t2, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sagittal_levels", defective)
+    with Pipeline.load(tiny_bundle, backend="onnxruntime") as pipe:
+        for prefetch in (0, 1):
+            got = list(pipe.run([first, second], prefetch=prefetch))
+            assert isinstance(got[0][1], UnexpectedStudyError), prefetch
+            assert "ZeroDivisionError: float division by zero" in str(got[0][1]) and "\n" not in str(got[0][1])
+            assert got[1][1].study_id == second.study_id and len(got[1][1].findings) == 25
+    assert "Traceback" in caplog.text and "defective" in caplog.text  # the defect's traceback is logged
+    out = tmp_path / "out"
+    rc = main(["infer", str(val_dir / "train_images"), "--model", str(tiny_bundle), "--out", str(out),
+               "--backend", "onnxruntime", "--no-overlays", "-q"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert rc == 1 and "unexpected error (ZeroDivisionError" in summary["failed"][first.study_id]
+    assert set(summary["failed"]) == {first.study_id}
+    assert (out / f"{second.study_id}.json").exists()
 
 
 def test_inputs_preprocessed_together_on_threads_equal_those_made_one_by_one(tiny_rsna, tiny_bundle):

@@ -305,6 +305,9 @@ def _normal(orientation: Optional[Tuple[float, ...]]) -> Optional[Tuple[float, f
 STACK_ANGLE_DEG = 2.0
 #: A gap of more than this many typical slice steps between parallel slices starts a new stack.
 STACK_GAP_STEPS = 2.5
+#: Parallel slices of one series closer than this (mm along their normal) lie in one plane: the
+#: echoes of a multi-echo series, the images of a Dixon series, a repeated slice.
+COLOCATED_MM = 0.05
 
 
 def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequence[ClassificationRule]],
@@ -325,6 +328,8 @@ def _build_series(recs: List[HeaderRecord], series_id: str, rules: Optional[Sequ
         warnings.append(f"{len(recs) - len(located)} slice(s) without ImagePositionPatient or "
                         f"ImageOrientationPatient were left out of the series")
         recs = located
+    if located:
+        recs = _one_slice_per_plane(recs, normals, skipped, warnings)
     # Which tag gives the pixel size, read per record (the frames of one multi-frame file share
     # its path but may each have their own PixelMeasuresSequence).
     spacing_tag = None
@@ -421,6 +426,89 @@ def _orientation_groups(normals: List[Tuple[float, float, float]]) -> List[Tuple
         else:
             groups.append((n, [i]))
     return groups
+
+
+def _colocated_sets(recs: List[HeaderRecord], normals) -> List[List[int]]:
+    """Indices of the records (all with geometry) that are one slice position, in sets of two
+    or more: parallel slices (:func:`_orientation_groups`) whose ImagePositionPatient lie within
+    :data:`COLOCATED_MM` of each other. (Slices in one plane but shifted within it, such as two
+    stations of a composed spine, are not one position.)"""
+    out: List[List[int]] = []
+    for n, members in _orientation_groups([normals[r.orientation] for r in recs]):
+        along = sorted(members, key=lambda i: float(np.dot(recs[i].position, n)))
+        runs, run = [], [along[0]]
+        for i in along[1:]:
+            if float(np.dot(recs[i].position, n)) - float(np.dot(recs[run[-1]].position, n)) > COLOCATED_MM:
+                runs.append(run)
+                run = []
+            run.append(i)
+        runs.append(run)
+        for run in (r for r in runs if len(r) > 1):  # one plane: grouped by where in it
+            clusters: List[List[int]] = []
+            for i in run:
+                for c in clusters:
+                    if float(np.linalg.norm(np.subtract(recs[i].position, recs[c[0]].position))) <= COLOCATED_MM:
+                        c.append(i)
+                        break
+                else:
+                    clusters.append([i])
+            out.extend(c for c in clusters if len(c) > 1)
+    return out
+
+
+def _echo_key(rec: HeaderRecord) -> Tuple:
+    """What tells apart the images a series holds at one position: echo time (multi-echo),
+    inversion time, image type (Dixon water / fat / in and opposed phase). Not TR, which some
+    scanners vary from slice to slice."""
+    return (rec.echo_time, rec.inversion_time, rec.image_type)
+
+
+def _one_slice_per_plane(recs: List[HeaderRecord], normals, skipped: List[SkippedFile],
+                         warnings: List[str]) -> List[HeaderRecord]:
+    """``recs`` with one slice per plane, the others recorded in ``skipped`` and said in ``warnings``.
+
+    A series that holds several images at one position is not a stack of slices (its slice
+    spacing, neighbours and through-plane profile would be wrong): of a multi-echo or Dixon
+    series the images of one echo are kept, the most numerous, on a tie the longest echo time
+    (the T2-weighted echo of a PD/T2 pair); of a slice still repeated at one position, the first
+    by instance number."""
+    sets = _colocated_sets(recs, normals)
+    if not sets:
+        return recs
+    keys = Counter(_echo_key(r) for r in recs)
+    if len(keys) > 1:
+        keep = max(keys, key=lambda k: (keys[k], k[0] if k[0] is not None else -1.0, str(k)))
+        kept = [r for r in recs if _echo_key(r) == keep]
+        what = f"TE {keep[0]:g} ms" if keep[0] is not None else "one echo"
+        for key in sorted((k for k in keys if k != keep), key=str):
+            te = f"TE {key[0]:g} ms" if key[0] is not None else "no TE"
+            _skip(skipped, [r for r in recs if _echo_key(r) == key],
+                  f"another echo or image type ({te}, {'/'.join(key[2] or ())}) of a series holding {len(keys)} "
+                  f"at each position; its {what} images are used", "other_echo")
+        warnings.append(f"the series holds {len(keys)} echoes or image types at the same positions: "
+                        f"its {len(kept)} {what} images are used")
+        recs = kept
+        sets = _colocated_sets(recs, normals)
+    drop = set()
+    for members in sets:
+        first, *rest = sorted(members, key=lambda i: (recs[i].instance_number is None, recs[i].instance_number or 0,
+                                                      recs[i].sop_uid, -1 if recs[i].frame is None else recs[i].frame))
+        drop.update(rest)
+        where = recs[first].path + ("" if recs[first].frame is None else f" frame {recs[first].frame + 1}")
+        _skip(skipped, [recs[i] for i in rest], f"same slice position as {where} in its series", "colocated")
+    if drop:
+        warnings.append(f"{len(drop)} slice(s) at the position of another slice of the series were left out")
+    return [r for i, r in enumerate(recs) if i not in drop]
+
+
+def _skip(skipped: List[SkippedFile], recs: List[HeaderRecord], reason: str, category: str) -> None:
+    """Record ``recs`` as skipped: one entry per file (a multi-frame file's frames in one)."""
+    frames: Dict[str, List[int]] = defaultdict(list)
+    for r in recs:
+        frames[r.path].append(-1 if r.frame is None else r.frame)
+    for path, numbers in frames.items():
+        which = "" if numbers == [-1] else f"{len(numbers)} frame(s): "
+        skipped.append(SkippedFile(Path(path), which + reason, category))
 
 
 def _split_at_gaps(members: List[Instance]) -> List[List[Instance]]:

@@ -131,3 +131,72 @@ def test_the_scan_table_shows_the_stacks_of_an_axial_series(tmp_path):
     axial = scan.studies[0].series_of_kind("axial_t2")[0]
     row = next(line for line in format_scan(scan).splitlines() if line.strip().startswith(axial.series_id))
     assert f"{len(axial.instances)}/5 stacks" in row
+
+
+def _second_echo(t2, folder, te, start, image_type=None):
+    """Copies of the series ``t2``'s files at the same positions, as a second echo (``te``) or
+    image type of the same series: new SOP instances numbered from ``start``."""
+    for k, inst in enumerate(t2.instances):
+        ds = pydicom.dcmread(inst.path)
+        ds.EchoTime = te
+        if image_type is not None:
+            ds.ImageType = image_type
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.InstanceNumber = start + k
+        ds.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
+        ds.save_as(folder / f"echo{te:g}_{k}.dcm", enforce_file_format=True)
+
+
+@pytest.mark.parametrize("first_te", [12.0, 200.0])
+def test_a_multi_echo_series_keeps_one_echo_per_position(study_root, tmp_path, first_te):
+    dst, study = _copy(study_root, tmp_path)
+    t2 = study.series_of_kind("sagittal_t2")[0]
+    te, n = t2.sequence["TE"], len(t2.instances)
+    folder = t2.instances[0].path.parent
+    _second_echo(t2, folder, first_te, start=n + 1)
+    scan = scan_path(dst, progress=False)
+    s = scan.studies[0].series_of_kind("sagittal_t2")[0]
+    # Both echoes count alike: the longer echo time is kept (the T2 echo of a PD/T2 pair).
+    kept_te = max(te, first_te)
+    assert len(s.instances) == n and s.sequence["TE"] == kept_te
+    assert s.spacing == pytest.approx(t2.spacing)  # a stack of slices, not pairs 0 mm apart
+    assert len({round(p, 3) for p in s.positions}) == n
+    other = [k for k in scan.skipped if k.category == "other_echo"]
+    assert len(other) == n and all(f"TE {kept_te:g} ms images are used" in k.reason for k in other)
+    assert any("2 echoes or image types at the same positions" in w for w in s.warnings)
+
+
+def test_a_slice_repeated_at_one_position_is_kept_once(study_root, tmp_path):
+    dst, study = _copy(study_root, tmp_path)
+    t1 = study.series_of_kind("sagittal_t1")[0]
+    source = t1.instances[2]
+    ds = pydicom.dcmread(source.path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.InstanceNumber = 99
+    ds.save_as(source.path.parent / "repeat.dcm", enforce_file_format=True)
+    scan = scan_path(dst, progress=False)
+    s = scan.studies[0].series_of_kind("sagittal_t1")[0]
+    assert len(s.instances) == len(t1.instances) and s.spacing == pytest.approx(t1.spacing)
+    (skip,) = [k for k in scan.skipped if k.category == "colocated"]
+    assert skip.path.name == "repeat.dcm" and str(source.path) in skip.reason
+    assert any("at the position of another slice" in w for w in s.warnings)
+
+
+def test_an_original_series_is_chosen_over_a_derived_copy(study_root, tmp_path):
+    dst, study = _copy(study_root, tmp_path)
+    t2 = study.series_of_kind("sagittal_t2")[0]
+    mpr = t2.instances[0].path.parent.parent / "mpr"
+    mpr.mkdir()
+    uid = pydicom.uid.generate_uid()
+    for k, inst in enumerate(t2.instances):
+        ds = pydicom.dcmread(inst.path)
+        ds.SeriesInstanceUID, ds.SeriesNumber = uid, (t2.series_number or 0) + 100  # the later series
+        ds.ImageType = ["DERIVED", "SECONDARY", "MPR"]
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(mpr / f"{k}.dcm", enforce_file_format=True)
+    study = scan_path(dst, progress=False).studies[0]
+    assert len(study.series_of_kind("sagittal_t2")) == 2
+    selection = select_series(study, ["sagittal_t2"])
+    assert selection.chosen["sagittal_t2"].series_uid == t2.series_uid
+    assert "an original acquisition, not derived" in selection.reasons["sagittal_t2"]
+    assert "derived, " in selection.reasons["sagittal_t2"]

@@ -173,9 +173,10 @@ _BLOCKED = ("pylibjpeg", "openjpeg", "libjpeg", "rle", "jpeg_ls", "PIL", "gdcm")
 def test_missing_codec_names_the_extra(tmp_path, dcm):
     if not _encodable(uid.JPEG2000Lossless) or not _encodable(uid.JPEGLSLossless):
         pytest.skip("needs the JPEG 2000 and JPEG-LS encoders to make the test files")
+    # One series of three slices 4 mm apart, each in another compressed syntax.
     _write(dcm, tmp_path / "j2k" / "1.dcm", uid.JPEG2000Lossless)
-    _write(dcm, tmp_path / "jls" / "1.dcm", uid.JPEGLSLossless, sop_uid=pydicom.uid.generate_uid())
-    _write(dcm, tmp_path / "rle" / "1.dcm", uid.RLELossless, sop_uid=pydicom.uid.generate_uid())
+    _write(dcm, tmp_path / "jls" / "1.dcm", uid.JPEGLSLossless, sop_uid=pydicom.uid.generate_uid(), ipp=(4, 0, 0))
+    _write(dcm, tmp_path / "rle" / "1.dcm", uid.RLELossless, sop_uid=pydicom.uid.generate_uid(), ipp=(8, 0, 0))
     # A fresh interpreter where the codec plugins' modules cannot be imported: a real
     # ImportError inside pydicom's plugin discovery, as without the `codecs` extra.
     script = textwrap.dedent(f"""
@@ -259,9 +260,9 @@ def test_direct_read_leaves_every_other_file_to_pydicom(tmp_path, dcm):
     from lumbar_edge.dicom.pixels import _read_native
 
     declined = {}
-    for name, ts in (("big", uid.ExplicitVRBigEndian), ("deflated", uid.DeflatedExplicitVRLittleEndian),
-                     ("rle", uid.RLELossless)):
-        declined[name] = _write(dcm, tmp_path / f"{name}.dcm", ts, sop_uid=pydicom.uid.generate_uid())
+    for k, (name, ts) in enumerate((("big", uid.ExplicitVRBigEndian), ("deflated", uid.DeflatedExplicitVRLittleEndian),
+                                    ("rle", uid.RLELossless))):  # one series, slices 4 mm apart
+        declined[name] = _write(dcm, tmp_path / f"{name}.dcm", ts, sop_uid=pydicom.uid.generate_uid(), ipp=(4 * k, 0, 0))
     rgb = dcm.make_dataset(study_uid="1.2", series_uid="1.2.9", rows=4, cols=4)
     rgb.SamplesPerPixel, rgb.PhotometricInterpretation, rgb.PlanarConfiguration = 3, "RGB", 0
     rgb.BitsAllocated, rgb.BitsStored, rgb.HighBit, rgb.PixelData = 8, 8, 7, bytes(range(48))
