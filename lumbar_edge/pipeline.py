@@ -21,8 +21,8 @@ from .aggregate import (AggregationConfig, SlicePeaks, axial_findings, axial_sli
                         shared_point_warning, shared_points)
 from .errors import DicomError, InputError, LumbarEdgeError, UnexpectedStudyError
 from .labels import CONDITIONS, LEVELS, HeadLayout, level_title
-from .preprocess import PreprocessConfig, preprocess_stack
-from .results import Finding, StudyResult, slice_key
+from .preprocess import PreprocessConfig, pixel_aspect, preprocess_stack
+from .results import Finding, SliceHeatmaps, StudyResult, slice_key
 from .select import DEFAULT_SELECTION, select_series
 
 log = logging.getLogger(__name__)
@@ -165,15 +165,16 @@ class Pipeline:
             pixels = prepared.pixels(series, i)
             stack.append(centre_pixels if pixels is None else pixels)
         orient = prepared.orientation(series, centre)
+        aspect = pixel_aspect(series.instances[centre].pixel_spacing, orient.transpose)
         timings = prepared.timings
         timings["decode_pixels"] = timings.get("decode_pixels", 0.0) + (time.perf_counter() - t0)
-        return None, (stack, orient)
+        return None, (stack, orient, aspect)
 
     def _make(self, work: Tuple) -> Tuple[np.ndarray, object, object]:
         """The preprocessed input, its letterbox and its reorientation from :meth:`_gather`'s
         work. Touches no shared state, so several run at once (:meth:`_make_all`)."""
-        stack, orient = work
-        image, box = preprocess_stack(orient.apply(np.stack(stack)), self.preprocess)
+        stack, orient, aspect = work
+        image, box = preprocess_stack(orient.apply(np.stack(stack)), self.preprocess, aspect)
         return image, box, orient
 
     def _make_all(self, works: Sequence[Tuple], timings: Dict[str, float]) -> List[Tuple]:
@@ -417,8 +418,10 @@ class Pipeline:
                 continue
             for p in peaks:
                 if _same_slice(r[0], p.instance):
+                    # With the grid the maps are on: the slice's letterbox and reorientation.
                     heatmaps.setdefault(slice_key(series.series_uid, p.instance.sop_uid, p.instance.frame),
-                                        {})[column_of(key)] = sink[p.slice_index][k]
+                                        SliceHeatmaps({}, p.letterbox, p.orient)).maps[column_of(key)] = (
+                        sink[p.slice_index][k])
 
     def run(self, studies, prefetch: int = 1) -> Iterator[Tuple[object, "StudyResult | LumbarEdgeError"]]:
         """Run several studies (Study objects or folders); yields ``(study, result)`` or

@@ -16,8 +16,9 @@ centres. :class:`Letterbox` maps points between the source grid and the model in
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -183,16 +184,41 @@ def resize_bilinear(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def letterbox(image: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, Letterbox]:
-    """Resize the last two axes of ``image`` into ``height`` x ``width`` keeping the aspect ratio.
+#: Pixels whose height and width (PixelSpacing) differ by less than this share are square: the
+#: last digits of the two DS values do not change the letterbox.
+ASPECT_TOLERANCE = 0.01
+
+
+def pixel_aspect(pixel_spacing: Optional[Sequence[float]], transpose: bool = False) -> float:
+    """A slice's pixel height / width in mm from its PixelSpacing (row spacing, column spacing),
+    for the slice as shown to the model (``transpose``: after a transpose, which swaps them);
+    1.0 for square pixels (within :data:`ASPECT_TOLERANCE`) or an unknown or unusable spacing."""
+    if not pixel_spacing or len(pixel_spacing) != 2:
+        return 1.0
+    row, column = float(pixel_spacing[0]), float(pixel_spacing[1])
+    if not (math.isfinite(row) and math.isfinite(column) and row > 0 and column > 0):
+        return 1.0
+    aspect = column / row if transpose else row / column
+    return 1.0 if abs(aspect - 1.0) < ASPECT_TOLERANCE else aspect
+
+
+def letterbox(image: np.ndarray, height: int, width: int, aspect: float = 1.0) -> Tuple[np.ndarray, Letterbox]:
+    """Resize the last two axes of ``image`` into ``height`` x ``width`` keeping the slice's
+    shape in millimetres: ``aspect`` is a pixel's height / width (:func:`pixel_aspect`), so a
+    slice of non-square pixels is resized more along one axis than the other and the anatomy
+    keeps its proportions.
 
     Returns the padded image (zeros outside) and the :class:`Letterbox` that maps coordinates.
+    Raises :class:`InputError` for an empty image or an aspect that is not a positive number.
     """
     src_h, src_w = image.shape[-2:]
     if src_h < 1 or src_w < 1:
         raise InputError(f"cannot resize an empty image of shape {image.shape}")
-    scale = min(height / src_h, width / src_w)
-    new_h = max(1, min(height, int(round(src_h * scale))))
+    if not (math.isfinite(aspect) and aspect > 0):
+        raise InputError(f"the pixel aspect must be a positive number, got {aspect}")
+    tall = src_h * aspect  # the slice's height in pixel widths
+    scale = min(height / tall, width / src_w)
+    new_h = max(1, min(height, int(round(tall * scale))))
     new_w = max(1, min(width, int(round(src_w * scale))))
     resized = resize_bilinear(image, new_h, new_w)
     pad_y = (height - new_h) // 2
@@ -216,8 +242,10 @@ def channel_indices(num_slices: int, center: int, in_channels: int) -> list:
     return [min(max(center - half + i, 0), num_slices - 1) for i in range(in_channels)]
 
 
-def preprocess_stack(slices: "np.ndarray | Sequence[np.ndarray]", config: PreprocessConfig) -> Tuple[np.ndarray, Letterbox]:
-    """Turn ``config.in_channels`` source slices [C, h, w] into one model input [C, H, W] (float32).
+def preprocess_stack(slices: "np.ndarray | Sequence[np.ndarray]", config: PreprocessConfig,
+                     aspect: float = 1.0) -> Tuple[np.ndarray, Letterbox]:
+    """Turn ``config.in_channels`` source slices [C, h, w] into one model input [C, H, W] (float32);
+    ``aspect``: their pixels' height / width (:func:`pixel_aspect`, see :func:`letterbox`).
 
     All slices must share one shape; raises :class:`InputError` otherwise or when the count is
     not ``config.in_channels``.
@@ -232,7 +260,7 @@ def preprocess_stack(slices: "np.ndarray | Sequence[np.ndarray]", config: Prepro
     if stack.ndim != 3 or stack.shape[0] != config.in_channels:
         raise InputError(f"expected {config.in_channels} slices of 2-D pixels, got an array of shape {stack.shape}")
     windowed = window(stack, config.low_pct, config.high_pct)
-    boxed, transform = letterbox(windowed, config.height, config.width)
+    boxed, transform = letterbox(windowed, config.height, config.width, aspect)
     boxed -= np.float32(config.mean)  # letterbox's own float32 array: normalised in place
     boxed /= np.float32(config.std)
     return boxed, transform

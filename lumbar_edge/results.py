@@ -18,6 +18,19 @@ NOT_FOR_CLINICAL_USE = ("NOT FOR CLINICAL USE: research software; the bundled mo
 
 
 @dataclass(frozen=True)
+class SliceHeatmaps:
+    """The model's heatmaps of one slice (``maps``: column name -> map on the model's output
+    grid) and the grid they are on: the :class:`~lumbar_edge.preprocess.Letterbox` the slice's
+    input was made with and the :class:`~lumbar_edge.dicom.orient.Reorientation` applied to
+    the stored slice first (None: as stored). Overlays need both to put a map on the stored
+    slice."""
+
+    maps: Dict[str, object]
+    letterbox: object
+    orient: object = None
+
+
+@dataclass(frozen=True)
 class Keypoint:
     """Where a finding was read: a pixel of one source slice, and the same point in patient mm."""
 
@@ -95,8 +108,8 @@ class StudyResult:
     #: (series_uid, sop_uid), plus the frame for a multi-frame source), kept for the overlay
     #: writer; not part of the JSON report.
     slices: Dict[Tuple[str, str], object] = field(default_factory=dict, repr=False)
-    #: Optional per-keypoint heatmaps for overlays, {slice_key: {column: 2-D map}}.
-    heatmaps: Dict[Tuple[str, str], Dict[str, object]] = field(default_factory=dict, repr=False)
+    #: Optional per-keypoint heatmaps for overlays, {slice_key: SliceHeatmaps}.
+    heatmaps: Dict[Tuple[str, str], "SliceHeatmaps"] = field(default_factory=dict, repr=False)
 
     def finding(self, condition: str, level: str) -> Finding:
         """The finding for ``condition`` at ``level``; raises ``KeyError`` if absent."""

@@ -255,3 +255,50 @@ def test_a_study_holds_a_few_decoded_slices_and_one_batch_of_inputs_not_whole_se
     # A sliding window of decoded slices (an input's neighbours) and at most one batch of inputs.
     assert held["pixels"] <= 2 * pipe.preprocess.in_channels + 2 < largest
     assert held["images"] <= pipe.batch_size
+
+
+def _store_resampled(src: Path, dst: Path, row_factor: float) -> float:
+    """Copy a series folder with its slices resampled along the columns (rows x ``row_factor``,
+    linear) and PixelSpacing's row spacing set to match, as a scanner storing non-square pixels
+    does; the first pixel keeps its place. Returns the new pixel aspect (height / width)."""
+    dst.mkdir(parents=True)
+    for path in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        img = ds.pixel_array.astype(np.float64)
+        rows = img.shape[0]
+        new_rows = int(round(rows * row_factor))
+        at = np.linspace(0, rows - 1, new_rows)
+        lo = np.floor(at).astype(int)
+        hi = np.minimum(lo + 1, rows - 1)
+        w = (at - lo)[:, None]
+        out = img[lo] * (1 - w) + img[hi] * w
+        dr, dc = (float(v) for v in ds.PixelSpacing)
+        dr = dr * (rows - 1) / (new_rows - 1)
+        ds.PixelData = np.round(out).astype(ds.pixel_array.dtype).tobytes()
+        ds.Rows = new_rows
+        ds.PixelSpacing = [f"{dr:.6f}", f"{dc:.6f}"]
+        ds.save_as(dst / path.name, enforce_file_format=True)
+    return dr / dc
+
+
+def test_a_series_of_non_square_pixels_is_shown_to_the_model_in_its_proportions(roots, tiny_bundle, tmp_path):
+    scan, plain = _study(roots["plain"])
+    root = tmp_path / "aniso"
+    plain_dir = roots["plain"] / "train_images" / plain.study_id
+    aspect = None
+    for series in plain.series:
+        folder = plain_dir / series.series_id
+        if series.kind.value == "sagittal_t2":
+            aspect = _store_resampled(folder, root / plain.study_id / folder.name, 0.8)
+        else:
+            shutil.copytree(folder, root / plain.study_id / folder.name)
+    _, aniso = _study_in(root)
+    assert aniso.series_of_kind("sagittal_t2")[0].pixel_spacing[0] > plain.series_of_kind("sagittal_t2")[0].pixel_spacing[0]
+    with Pipeline.load(tiny_bundle, backend="onnxruntime", keep_heatmaps=True) as p:
+        results = {"plain": p.run_study(plain), "aniso": p.run_study(aniso)}
+    for name, want in (("plain", 1.0), ("aniso", aspect)):
+        grids = list(results[name].heatmaps.values())  # the sagittal T2 slices the canal was read on
+        assert grids, name
+        for g in grids:
+            assert g.letterbox.scale_y / g.letterbox.scale_x == pytest.approx(want, rel=0.02), name
+    assert len(results["aniso"].findings) == 25

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from lumbar_edge.errors import InputError
-from lumbar_edge.preprocess import (PreprocessConfig, _integer_percentiles, channel_indices, letterbox,
+from lumbar_edge.preprocess import (PreprocessConfig, _integer_percentiles, channel_indices, letterbox, pixel_aspect,
                                     preprocess_batch, preprocess_stack, resize_bilinear, window)
 
 
@@ -85,6 +85,40 @@ def test_letterbox_maps_a_bright_point_to_its_predicted_location(shape):
         assert abs(cx - px) < 0.1 and abs(cy - py) < 0.1
         sx, sy = t.to_source(px, py)
         assert sx == pytest.approx(x) and sy == pytest.approx(y)
+
+
+@pytest.mark.parametrize("aspect", [0.5, 0.8, 1.25, 2.0])
+def test_letterbox_of_non_square_pixels_keeps_the_anatomy_round(aspect):
+    # A disc of radius 20 mm on a grid of 1 mm wide pixels `aspect` mm tall: an ellipse in
+    # pixels, a circle again in the model input when the letterbox is told the pixel aspect.
+    rows, cols = int(round(96 / aspect)), 96
+    yy, xx = np.indices((rows, cols))
+    disc = ((((yy - rows / 2) * aspect) ** 2 + (xx - cols / 2) ** 2) <= 20.0 ** 2).astype(np.float32)
+    out, t = letterbox(disc, 128, 128, aspect)
+    assert t.scale_y / t.scale_x == pytest.approx(aspect, rel=0.02)
+    inside = out > 0.5
+    height, width = inside.any(axis=1).sum(), inside.any(axis=0).sum()
+    assert abs(int(height) - int(width)) <= 1, (height, width)
+    squashed, _ = letterbox(disc, 128, 128)  # told nothing: the ellipse stays one
+    inside = squashed > 0.5
+    assert abs(inside.any(axis=1).sum() / inside.any(axis=0).sum() - 1 / aspect) < 0.1
+    sx, sy = t.to_source(*t.to_model(10.3, 20.7))
+    assert (sx, sy) == (pytest.approx(10.3), pytest.approx(20.7))
+
+
+def test_pixel_aspect_reads_pixel_spacing_for_the_slice_as_shown():
+    assert pixel_aspect((0.5, 0.625)) == pytest.approx(0.8)
+    assert pixel_aspect((0.5, 0.625), transpose=True) == pytest.approx(1.25)
+    # Square within the tolerance, unknown or unusable: square, so the letterbox is the old one.
+    for spacing in ((0.778471, 0.778472), None, (), (0.5,), (0.0, 0.5), (float("nan"), 0.5), (-1.0, 0.5)):
+        assert pixel_aspect(spacing) == 1.0, spacing
+    img = np.random.default_rng(1).random((40, 60)).astype(np.float32)
+    plain, box = letterbox(img, 64, 64)
+    same, same_box = letterbox(img, 64, 64, pixel_aspect((0.778471, 0.778472)))
+    assert np.array_equal(plain, same) and box == same_box
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="pixel aspect"):
+            letterbox(img, 64, 64, bad)
 
 
 def test_letterbox_pads_the_short_side_with_zeros():

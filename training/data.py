@@ -39,7 +39,7 @@ from lumbar_edge.errors import InputError, LumbarEdgeError
 from lumbar_edge.labels import (CONDITIONS, LABEL_COLUMNS, LEVELS, VIEWS, HeadLayout, condition_from_title,
                                 level_from_title, severity_index)
 from lumbar_edge.dicom.orient import reorientation_for
-from lumbar_edge.preprocess import PreprocessConfig, preprocess_stack
+from lumbar_edge.preprocess import PreprocessConfig, pixel_aspect, preprocess_stack
 from lumbar_edge.progress import Progress
 
 log = logging.getLogger("lumbar_edge.training")
@@ -295,7 +295,8 @@ class LabelledSeries:
         # labels, given on the stored grid, turned with them.
         inst = self.series.instances[index]
         orient = reorientation_for(inst.image_orientation, self.series.plane, inst.rows, inst.columns)
-        image, box = preprocess_stack(orient.apply(np.stack([self.pixels(i) for i in idx])), config)
+        image, box = preprocess_stack(orient.apply(np.stack([self.pixels(i) for i in idx])), config,
+                                      pixel_aspect(inst.pixel_spacing, orient.transpose))
         points = np.full((k_total, 2), np.nan, dtype=np.float32)
         weight = np.zeros(k_total, dtype=np.float32)
         severity = np.full(k_total, -1, dtype=np.int64)

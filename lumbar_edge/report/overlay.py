@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError
 from ..labels import SEVERITIES, level_title
 from ..preprocess import letterbox, window
-from ..results import NOT_FOR_CLINICAL_USE, Finding, StudyResult
+from ..results import NOT_FOR_CLINICAL_USE, Finding, SliceHeatmaps, StudyResult
 from ._io import safe_name
 from .png import (CELL_HEIGHT, blend, circle, colormap, draw_text, fill_circle, gray_to_rgb, line, shade_rect,
                   text_size, write_png)
@@ -114,24 +114,46 @@ def _sample_axis(values: np.ndarray, positions: np.ndarray, axis: int) -> np.nda
 
 
 def heatmap_on_display(heatmap, source_shape: Tuple[int, int], factor: int, *, stride: int = 4,
-                       logits: bool = True) -> np.ndarray:
-    """A model heatmap resampled onto the displayed (upscaled) slice, as values in [0, 1].
+                       logits: bool = True, box=None, orient=None) -> np.ndarray:
+    """A model heatmap resampled onto the displayed (upscaled) stored slice, as values in [0, 1].
 
-    ``heatmap`` is on the model's output grid: the slice letterboxed into the model input
-    (``stride`` x the map's size, the preprocessing's own letterbox), at ``stride``; a map cell
-    ``(i, j)`` sits at model pixel ``(i, j) * stride`` (the training targets' convention).
-    ``logits``: the map holds logits, as the network outputs, and gets a sigmoid.
+    ``heatmap`` is on the model's output grid: the slice turned by ``orient`` (a
+    :class:`~lumbar_edge.dicom.orient.Reorientation` of the stored ``source_shape``; None: as
+    stored) and letterboxed into the model input by ``box`` (the input's
+    :class:`~lumbar_edge.preprocess.Letterbox`; None: the preprocessing's letterbox of square
+    pixels into ``stride`` x the map's size), at ``stride``; a map cell ``(i, j)`` sits at model
+    pixel ``(i, j) * stride`` (the training targets' convention). ``logits``: the map holds
+    logits, as the network outputs, and gets a sigmoid. Raises :class:`InputError` for a
+    malformed heatmap or an ``orient`` made for another slice shape.
     """
     hm = _combine_heatmaps(heatmap)
     src_h, src_w = source_shape
-    model_h, model_w = hm.shape[0] * stride, hm.shape[1] * stride
-    _, lb = letterbox(np.zeros((src_h, src_w), dtype=np.float32), model_h, model_w)
+    if orient is not None and (orient.rows, orient.columns) != (src_h, src_w):
+        raise InputError(f"the heatmap's reorientation is for a {orient.rows}x{orient.columns} slice, "
+                         f"not {src_h}x{src_w}")
+    turned = orient.shape if orient is not None else (src_h, src_w)
+    if box is None:
+        _, box = letterbox(np.zeros(turned, dtype=np.float32), hm.shape[0] * stride, hm.shape[1] * stride)
     disp = np.arange(src_h * factor, dtype=np.float64), np.arange(src_w * factor, dtype=np.float64)
     # display pixel -> source pixel (the display is the source resized by `factor`, centres aligned)
     src_y, src_x = (disp[0] + 0.5) / factor - 0.5, (disp[1] + 0.5) / factor - 0.5
-    model_x, model_y = lb.to_model(src_x, src_y)
+    transpose = orient is not None and orient.transpose
+    # Flips and quarter turns keep the axes separable: the turned slice's x comes from the
+    # stored columns (rows when transposed), its y from the stored rows (columns).
+    if orient is None:
+        turned_x, turned_y = src_x, src_y
+    elif not transpose:
+        turned_x = orient.to_reoriented(src_x, np.zeros_like(src_x))[0]
+        turned_y = orient.to_reoriented(np.zeros_like(src_y), src_y)[1]
+    else:
+        turned_x = orient.to_reoriented(np.zeros_like(src_y), src_y)[0]
+        turned_y = orient.to_reoriented(src_x, np.zeros_like(src_x))[1]
+    model_x = box.to_model(turned_x, np.zeros_like(turned_x))[0]
+    model_y = box.to_model(np.zeros_like(turned_y), turned_y)[1]
     rows = _sample_axis(hm, model_y / stride, axis=0)
     values = _sample_axis(rows, model_x / stride, axis=1)
+    if transpose:
+        values = values.T  # sampled as [stored columns, stored rows]
     if logits:
         values = 1.0 / (1.0 + np.exp(-np.clip(values, -60.0, 60.0)))
     return np.clip(values, 0.0, 1.0).astype(np.float32)
@@ -202,7 +224,9 @@ def render_overlay(image2d: np.ndarray, findings: Sequence[Finding], *, title: s
 
     ``findings`` are those read on this slice: each with a keypoint in this slice's source
     pixels (findings without one are ignored). ``heatmap``: optional model heatmap(s) of this
-    slice (see :func:`heatmap_on_display`), blended in with opacity rising with the value.
+    slice (see :func:`heatmap_on_display`; a :class:`~lumbar_edge.results.SliceHeatmaps` brings
+    the letterbox and reorientation its maps were made with), blended in with opacity rising
+    with the value.
     Raises :class:`InputError` for a slice that is not 2-D or a malformed heatmap.
     """
     gray = window_to_uint8(image2d, low_pct, high_pct)
@@ -213,7 +237,10 @@ def render_overlay(image2d: np.ndarray, findings: Sequence[Finding], *, title: s
     img = gray_to_rgb(gray)
     height, width = img.shape[:2]
     if heatmap is not None:
-        values = heatmap_on_display(heatmap, (src_h, src_w), factor, stride=stride, logits=heatmap_logits)
+        grid = {}
+        if isinstance(heatmap, SliceHeatmaps):
+            heatmap, grid = heatmap.maps, {"box": heatmap.letterbox, "orient": heatmap.orient}
+        values = heatmap_on_display(heatmap, (src_h, src_w), factor, stride=stride, logits=heatmap_logits, **grid)
         blend(img, colormap(values), 0.6 * values)
     # Text and marks grow with the picture: 2x the 5x7 font from 768 px, 3x from 1536 px.
     scale = max(1, min(4, max(height, width) // 384))
@@ -314,8 +341,9 @@ def overlay_images(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndar
 
     ``slices`` maps ``(series_uid, sop_uid)`` (plus the frame of a multi-frame source: see
     :func:`lumbar_edge.results.slice_key`) to the slice's 2-D pixels (the source grid of the
-    keypoints). ``heatmaps`` optionally maps the same keys to a slice's heatmaps (a mapping of
-    column -> model-grid map, or an array; see :func:`heatmap_on_display`). A slice missing from
+    keypoints). ``heatmaps`` optionally maps the same keys to a slice's heatmaps (a
+    :class:`~lumbar_edge.results.SliceHeatmaps`, as the pipeline keeps them, or a mapping of
+    column -> model-grid map or an array of a slice shown as stored; see :func:`heatmap_on_display`). A slice missing from
     ``slices`` is skipped with a logged warning. Findings from the prior (no keypoint) have no
     overlay. Raises :class:`InputError` for unusable pixels.
     """
@@ -344,8 +372,10 @@ def overlay_images(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndar
         label = view_of.get(key[0]) or f"series{kp.series_id}"
         title = f"{result.study_id}  {label}  series {kp.series_id}  instance {kp.instance_number}"
         maps = heatmaps.get(key) if heatmaps else None
-        image = render_overlay(np.asarray(pixels), found, title=title, heatmap=maps if maps is not None and
-                               (not isinstance(maps, Mapping) or maps) else None, stride=stride, min_size=min_size)
+        present = maps.maps if isinstance(maps, SliceHeatmaps) else maps
+        image = render_overlay(np.asarray(pixels), found, title=title, heatmap=maps if present is not None and
+                               (not isinstance(present, Mapping) or present) else None, stride=stride,
+                               min_size=min_size)
         yield OverlayImage(key=key, label=label, title=title, findings=tuple(found), image=image)
 
 

@@ -4,6 +4,7 @@ import logging
 import numpy as np
 import pytest
 
+from lumbar_edge.dicom.orient import Reorientation
 from lumbar_edge.errors import InputError
 from lumbar_edge.labels import CONDITIONS, LEVELS
 from lumbar_edge.preprocess import bilinear_taps, letterbox, resize_bilinear
@@ -208,6 +209,29 @@ def test_heatmap_is_mapped_through_the_letterbox_onto_the_slice():
     cell = stride / lb.scale_x * factor
     assert abs(peak_x - ((sx + 0.5) * factor - 0.5)) <= cell and abs(peak_y - ((sy + 0.5) * factor - 0.5)) <= cell
     assert values.max() > 0.99 and values.min() < 1e-4
+
+
+@pytest.mark.parametrize("transpose,flip_rows,flip_columns", [
+    (False, True, True), (True, False, True), (True, True, False), (False, False, True)])
+@pytest.mark.parametrize("aspect", [1.0, 0.75])
+def test_heatmap_of_a_turned_slice_lands_on_the_stored_pixel_it_was_read_at(transpose, flip_rows, flip_columns, aspect):
+    # The model saw the stored 90x150 slice turned (orient) and letterboxed (box, non-square
+    # pixels too); its hot cell must be drawn where that model pixel lies on the stored slice.
+    src_h, src_w, factor, stride = 90, 150, 2, 4
+    orient = Reorientation(src_h, src_w, transpose=transpose, flip_rows=flip_rows, flip_columns=flip_columns)
+    _, box = letterbox(np.zeros(orient.shape, np.float32), 64, 64, aspect)
+    hm = np.full((16, 16), -10.0, np.float32)
+    cell_y, cell_x = 9, 5
+    hm[cell_y, cell_x] = 10.0
+    sx, sy = orient.to_stored(*box.to_source(cell_x * stride, cell_y * stride))
+    values = heatmap_on_display(hm, (src_h, src_w), factor, stride=stride, box=box, orient=orient)
+    assert values.shape == (src_h * factor, src_w * factor)
+    peak_y, peak_x = np.unravel_index(values.argmax(), values.shape)
+    # within one display pixel of the stored pixel, in display pixels
+    assert abs(peak_x - ((float(sx) + 0.5) * factor - 0.5)) <= 1.0 + factor / 2
+    assert abs(peak_y - ((float(sy) + 0.5) * factor - 0.5)) <= 1.0 + factor / 2
+    with pytest.raises(InputError, match="reorientation"):
+        heatmap_on_display(hm, (src_w, src_h), factor, stride=stride, box=box, orient=orient)
 
 
 def test_heatmap_overlay_changes_pixels_only_where_it_is_hot(tmp_path, png_reader):
