@@ -490,12 +490,19 @@ def _one_slice_per_plane(recs: List[HeaderRecord], normals, skipped: List[Skippe
         recs = kept
         sets = _colocated_sets(recs, normals)
     drop = set()
+    frames_dropped = []
     for members in sets:
         first, *rest = sorted(members, key=lambda i: (recs[i].instance_number is None, recs[i].instance_number or 0,
                                                       recs[i].sop_uid, -1 if recs[i].frame is None else recs[i].frame))
         drop.update(rest)
-        where = recs[first].path + ("" if recs[first].frame is None else f" frame {recs[first].frame + 1}")
-        _skip(skipped, [recs[i] for i in rest], f"same slice position as {where} in its series", "colocated")
+        for i in rest:
+            if recs[i].frame is None:
+                skipped.append(SkippedFile(Path(recs[i].path), f"same slice position as {recs[first].path} in its "
+                                           f"series", "colocated"))
+            else:
+                frames_dropped.append(recs[i])
+    # The frames of a multi-frame file: one entry per file, not one per frame.
+    _skip(skipped, frames_dropped, "at the position of another slice of its series", "colocated")
     if drop:
         warnings.append(f"{len(drop)} slice(s) at the position of another slice of the series were left out")
     return [r for i, r in enumerate(recs) if i not in drop]

@@ -200,3 +200,23 @@ def test_an_original_series_is_chosen_over_a_derived_copy(study_root, tmp_path):
     assert selection.chosen["sagittal_t2"].series_uid == t2.series_uid
     assert "an original acquisition, not derived" in selection.reasons["sagittal_t2"]
     assert "derived, " in selection.reasons["sagittal_t2"]
+
+
+def test_frames_of_one_enhanced_file_at_repeated_positions_are_one_skip_entry(study_root, tmp_path):
+    from lumbar_edge.synth.enhanced import convert_series
+
+    dst, study = _copy(study_root, tmp_path)
+    t2 = study.series_of_kind("sagittal_t2")[0]
+    n = len(t2.instances)
+    folder = t2.instances[0].path.parent
+    _second_echo(t2, folder, t2.sequence["TE"], start=n + 1)  # the same slices again: a repeat
+    out = tmp_path / "enhanced.dcm"
+    convert_series(folder, out)
+    shutil.rmtree(folder)
+    folder.mkdir()
+    shutil.move(out, folder / "1.dcm")
+    scan = scan_path(dst, progress=False)
+    s = scan.studies[0].series_of_kind("sagittal_t2")[0]
+    assert len(s.instances) == n and {i.frame for i in s.instances} <= set(range(2 * n))
+    (skip,) = [k for k in scan.skipped if k.category == "colocated"]
+    assert skip.path == folder / "1.dcm" and skip.reason.startswith(f"{n} frame(s): ")
