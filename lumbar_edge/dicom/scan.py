@@ -470,8 +470,8 @@ def _one_slice_per_plane(recs: List[HeaderRecord], normals, skipped: List[Skippe
     A series that holds several images at one position is not a stack of slices (its slice
     spacing, neighbours and through-plane profile would be wrong): of a multi-echo or Dixon
     series the images of one echo are kept, the most numerous, on a tie the longest echo time
-    (the T2-weighted echo of a PD/T2 pair); of a slice still repeated at one position, the first
-    by instance number."""
+    (the T2-weighted echo of a PD/T2 pair); of a slice still repeated at one position, the last
+    by instance number (the later acquisition)."""
     sets = _colocated_sets(recs, normals)
     if not sets:
         return recs
@@ -492,8 +492,11 @@ def _one_slice_per_plane(recs: List[HeaderRecord], normals, skipped: List[Skippe
     drop = set()
     frames_dropped = []
     for members in sets:
-        first, *rest = sorted(members, key=lambda i: (recs[i].instance_number is None, recs[i].instance_number or 0,
-                                                      recs[i].sop_uid, -1 if recs[i].frame is None else recs[i].frame))
+        # The later acquisition is kept (as selection prefers the later of two series: a repeat
+        # is usually made because the first was not good enough).
+        first, *rest = sorted(members, key=lambda i: (recs[i].instance_number is not None, recs[i].instance_number or 0,
+                                                      recs[i].sop_uid, -1 if recs[i].frame is None else recs[i].frame),
+                              reverse=True)
         drop.update(rest)
         for i in rest:
             if recs[i].frame is None:
