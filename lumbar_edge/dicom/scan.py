@@ -456,6 +456,12 @@ def _colocated_sets(recs: List[HeaderRecord], normals) -> List[List[int]]:
     return out
 
 
+def _positions(recs: List[HeaderRecord], normals, sets: Optional[List[List[int]]] = None) -> int:
+    """How many distinct slice positions ``recs`` hold (``sets``: their :func:`_colocated_sets`)."""
+    sets = _colocated_sets(recs, normals) if sets is None else sets
+    return len(recs) - sum(len(s) - 1 for s in sets)
+
+
 def _echo_key(rec: HeaderRecord) -> Tuple:
     """What tells apart the images a series holds at one position: echo time (multi-echo),
     inversion time, image type (Dixon water / fat / in and opposed phase). Not TR, which some
@@ -476,9 +482,11 @@ def _one_slice_per_plane(recs: List[HeaderRecord], normals, skipped: List[Skippe
     if not sets:
         return recs
     keys = Counter(_echo_key(r) for r in recs)
-    if len(keys) > 1:
-        keep = max(keys, key=lambda k: (keys[k], k[0] if k[0] is not None else -1.0, str(k)))
-        kept = [r for r in recs if _echo_key(r) == keep]
+    keep = max(keys, key=lambda k: (keys[k], k[0] if k[0] is not None else -1.0, str(k)))
+    kept = [r for r in recs if _echo_key(r) == keep]
+    # Split by echo only where one echo covers every position (a multi-echo or Dixon series);
+    # a TE that varies a little from slice to slice beside a repeated slice is not an echo.
+    if len(keys) > 1 and _positions(kept, normals) == _positions(recs, normals, sets):
         what = f"TE {keep[0]:g} ms" if keep[0] is not None else "one echo"
         for key in sorted((k for k in keys if k != keep), key=str):
             te = f"TE {key[0]:g} ms" if key[0] is not None else "no TE"

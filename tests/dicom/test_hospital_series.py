@@ -184,6 +184,25 @@ def test_a_slice_repeated_at_one_position_is_kept_once(study_root, tmp_path):
     assert any("at the position of another slice" in w for w in s.warnings)
 
 
+def test_a_te_that_varies_from_slice_to_slice_beside_a_repeat_loses_no_position(study_root, tmp_path):
+    # Not a multi-echo series: every slice has its own TE (a scanner storing the actual TE), and
+    # one slice is repeated. Only the repeat goes; no slice is dropped as "another echo".
+    dst, study = _copy(study_root, tmp_path)
+    t1 = study.series_of_kind("sagittal_t1")[0]
+    te = t1.sequence["TE"]
+    for k, inst in enumerate(t1.instances):
+        _rewrite(inst.path, EchoTime=te + 0.01 * k)
+    source = t1.instances[1]
+    ds = pydicom.dcmread(source.path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.InstanceNumber = 99
+    ds.save_as(source.path.parent / "repeat.dcm", enforce_file_format=True)
+    scan = scan_path(dst, progress=False)
+    s = scan.studies[0].series_of_kind("sagittal_t1")[0]
+    assert len(s.instances) == len(t1.instances)
+    assert [k.category for k in scan.skipped] == ["colocated"]
+
+
 def test_an_original_series_is_chosen_over_a_derived_copy(study_root, tmp_path):
     dst, study = _copy(study_root, tmp_path)
     t2 = study.series_of_kind("sagittal_t2")[0]
