@@ -166,14 +166,19 @@ def test_a_multi_echo_series_keeps_one_echo_per_position(study_root, tmp_path, f
     assert any("2 echoes or image types at the same positions" in w for w in s.warnings)
 
 
+def _repeat(inst) -> None:
+    """A copy of the slice ``inst`` as a new SOP instance, number 99, beside it: a repeat."""
+    ds = pydicom.dcmread(inst.path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.InstanceNumber = 99
+    ds.save_as(inst.path.parent / "repeat.dcm", enforce_file_format=True)
+
+
 def test_a_slice_repeated_at_one_position_is_kept_once(study_root, tmp_path):
     dst, study = _copy(study_root, tmp_path)
     t1 = study.series_of_kind("sagittal_t1")[0]
     source = t1.instances[2]
-    ds = pydicom.dcmread(source.path)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    ds.InstanceNumber = 99
-    ds.save_as(source.path.parent / "repeat.dcm", enforce_file_format=True)
+    _repeat(source)
     scan = scan_path(dst, progress=False)
     s = scan.studies[0].series_of_kind("sagittal_t1")[0]
     assert len(s.instances) == len(t1.instances) and s.spacing == pytest.approx(t1.spacing)
@@ -193,10 +198,7 @@ def test_a_te_that_varies_from_slice_to_slice_beside_a_repeat_loses_no_position(
     for k, inst in enumerate(t1.instances):
         _rewrite(inst.path, EchoTime=te + 0.01 * k)
     source = t1.instances[1]
-    ds = pydicom.dcmread(source.path)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    ds.InstanceNumber = 99
-    ds.save_as(source.path.parent / "repeat.dcm", enforce_file_format=True)
+    _repeat(source)
     scan = scan_path(dst, progress=False)
     s = scan.studies[0].series_of_kind("sagittal_t1")[0]
     assert len(s.instances) == len(t1.instances)
