@@ -333,7 +333,8 @@ class Pipeline:
         used_series = prepared.selection.used
         readings: Dict[str, Tuple] = {}
         slices: Dict[Tuple[str, str], np.ndarray] = {}
-        heatmaps: Dict[Tuple[str, str], Dict[str, np.ndarray]] = {}
+        aspects: Dict[Tuple[str, str], float] = {}
+        heatmaps: Dict[Tuple[str, str], SliceHeatmaps] = {}
 
         def keep(series, peaks_used):
             for p in peaks_used:
@@ -344,6 +345,9 @@ class Pipeline:
                         # Padding (NaN) shown as the darkest value on overlays.
                         slices[key] = np.nan_to_num(pixels, nan=float(np.nanmin(pixels)) if np.isfinite(pixels).any()
                                                     else 0.0)
+                        aspect = pixel_aspect(p.instance.pixel_spacing)
+                        if aspect != 1.0:
+                            aspects[key] = aspect
 
         # Both sagittal views are inferred before either is read: the canal is looked for near
         # the midline between the T1 foramina, and the two views' levels are chosen to agree.
@@ -408,7 +412,8 @@ class Pipeline:
                            series_used_all={v: [s.series_uid for s in ss] for v, ss in used_series.items() if len(ss) > 1},
                            selection=dict(prepared.selection.reasons), warnings=warnings,
                            timings=timings, model=self.bundle.name, backend=f"{self.engine.name}/{self.engine.precision}",
-                           model_sha256=self.model_sha256, slices=slices, heatmaps=heatmaps)
+                           model_sha256=self.model_sha256, slices=slices, slice_aspects=aspects,
+                           heatmaps=heatmaps)
 
     @staticmethod
     def _keep_maps(heatmaps, series, peaks, sink, readings, column_of, keys) -> None:

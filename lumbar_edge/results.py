@@ -108,6 +108,9 @@ class StudyResult:
     #: (series_uid, sop_uid), plus the frame for a multi-frame source), kept for the overlay
     #: writer; not part of the JSON report.
     slices: Dict[Tuple[str, str], object] = field(default_factory=dict, repr=False)
+    #: The pixel height / width in mm of those slices whose pixels are not square (overlays
+    #: show them in mm proportions); a slice not in it has square pixels.
+    slice_aspects: Dict[Tuple[str, str], float] = field(default_factory=dict, repr=False)
     #: Optional per-keypoint heatmaps for overlays, {slice_key: SliceHeatmaps}.
     heatmaps: Dict[Tuple[str, str], "SliceHeatmaps"] = field(default_factory=dict, repr=False)
 

@@ -302,3 +302,8 @@ def test_a_series_of_non_square_pixels_is_shown_to_the_model_in_its_proportions(
         for g in grids:
             assert g.letterbox.scale_y / g.letterbox.scale_x == pytest.approx(want, rel=0.02), name
     assert len(results["aniso"].findings) == 25
+    # The overlays show the non-square slices in mm proportions (the sagittal T2's), only those.
+    t2_uid = aniso.series_of_kind("sagittal_t2")[0].series_uid
+    aspects = results["aniso"].slice_aspects
+    assert aspects and all(k[0] == t2_uid and v == pytest.approx(aspect) for k, v in aspects.items())
+    assert results["plain"].slice_aspects == {}

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..labels import SEVERITIES, level_title
-from ..preprocess import letterbox, window
+from ..preprocess import letterbox, resize_bilinear, window
 from ..results import NOT_FOR_CLINICAL_USE, Finding, SliceHeatmaps, StudyResult
 from ._io import safe_name
 from .png import (CELL_HEIGHT, blend, circle, colormap, draw_text, fill_circle, gray_to_rgb, line, shade_rect,
@@ -114,8 +114,11 @@ def _sample_axis(values: np.ndarray, positions: np.ndarray, axis: int) -> np.nda
 
 
 def heatmap_on_display(heatmap, source_shape: Tuple[int, int], factor: int, *, stride: int = 4,
-                       logits: bool = True, box=None, orient=None) -> np.ndarray:
+                       logits: bool = True, box=None, orient=None, display_rows: Optional[int] = None) -> np.ndarray:
     """A model heatmap resampled onto the displayed (upscaled) stored slice, as values in [0, 1].
+
+    The display is the slice enlarged ``factor`` times, its rows to ``display_rows`` (default
+    ``factor`` times too: another count shows pixels of another height in mm proportions).
 
     ``heatmap`` is on the model's output grid: the slice turned by ``orient`` (a
     :class:`~lumbar_edge.dicom.orient.Reorientation` of the stored ``source_shape``; None: as
@@ -134,9 +137,10 @@ def heatmap_on_display(heatmap, source_shape: Tuple[int, int], factor: int, *, s
     turned = orient.shape if orient is not None else (src_h, src_w)
     if box is None:
         _, box = letterbox(np.zeros(turned, dtype=np.float32), hm.shape[0] * stride, hm.shape[1] * stride)
-    disp = np.arange(src_h * factor, dtype=np.float64), np.arange(src_w * factor, dtype=np.float64)
-    # display pixel -> source pixel (the display is the source resized by `factor`, centres aligned)
-    src_y, src_x = (disp[0] + 0.5) / factor - 0.5, (disp[1] + 0.5) / factor - 0.5
+    rows = src_h * factor if display_rows is None else int(display_rows)
+    disp = np.arange(rows, dtype=np.float64), np.arange(src_w * factor, dtype=np.float64)
+    # display pixel -> source pixel (the display is the source resized, centres aligned)
+    src_y, src_x = (disp[0] + 0.5) * src_h / rows - 0.5, (disp[1] + 0.5) / factor - 0.5
     transpose = orient is not None and orient.transpose
     # Flips and quarter turns keep the axes separable: the turned slice's x comes from the
     # stored columns (rows when transposed), its y from the stored rows (columns).
@@ -218,9 +222,12 @@ def upscale_gray(gray: np.ndarray, factor: int) -> np.ndarray:
 
 def render_overlay(image2d: np.ndarray, findings: Sequence[Finding], *, title: str = "", heatmap=None,
                    heatmap_logits: bool = True, stride: int = 4, min_size: int = DEFAULT_MIN_SIZE,
-                   low_pct: float = 0.5, high_pct: float = 99.5, legend: bool = True) -> np.ndarray:
+                   low_pct: float = 0.5, high_pct: float = 99.5, legend: bool = True,
+                   aspect: float = 1.0) -> np.ndarray:
     """The overlay of one slice as an RGB uint8 image ``[h * f, w * f, 3]`` (``f`` from
-    :func:`display_factor`).
+    :func:`display_factor`); ``aspect``: the slice's pixel height / width in mm
+    (:func:`lumbar_edge.preprocess.pixel_aspect`), other than 1 showing it in mm proportions,
+    ``round(h * f * aspect)`` rows.
 
     ``findings`` are those read on this slice: each with a keypoint in this slice's source
     pixels (findings without one are ignored). ``heatmap``: optional model heatmap(s) of this
@@ -229,18 +236,28 @@ def render_overlay(image2d: np.ndarray, findings: Sequence[Finding], *, title: s
     with the value.
     Raises :class:`InputError` for a slice that is not 2-D or a malformed heatmap.
     """
+    if not (math.isfinite(aspect) and aspect > 0):
+        raise InputError(f"the pixel aspect must be a positive number, got {aspect}")
     gray = window_to_uint8(image2d, low_pct, high_pct)
     src_h, src_w = gray.shape
-    factor = display_factor(src_h, src_w, min_size)
+    factor = display_factor(max(1, int(round(src_h * aspect))), src_w, min_size)
     if factor > 1:
         gray = upscale_gray(gray, factor)
+    rows = src_h * factor
+    if aspect != 1.0:
+        # Pixels of another height in mm: the rows resized once more, to mm proportions.
+        rows = max(1, int(round(src_h * factor * aspect)))
+        stretched = resize_bilinear(gray.astype(np.float32), rows, gray.shape[1])
+        gray = np.clip(np.rint(stretched), 0, 255).astype(np.uint8)
+    fy = rows / src_h  # display rows per source row
     img = gray_to_rgb(gray)
     height, width = img.shape[:2]
     if heatmap is not None:
         grid = {}
         if isinstance(heatmap, SliceHeatmaps):
             heatmap, grid = heatmap.maps, {"box": heatmap.letterbox, "orient": heatmap.orient}
-        values = heatmap_on_display(heatmap, (src_h, src_w), factor, stride=stride, logits=heatmap_logits, **grid)
+        values = heatmap_on_display(heatmap, (src_h, src_w), factor, stride=stride, logits=heatmap_logits,
+                                    display_rows=rows, **grid)
         blend(img, colormap(values), 0.6 * values)
     # Text and marks grow with the picture: 2x the 5x7 font from 768 px, 3x from 1536 px.
     scale = max(1, min(4, max(height, width) // 384))
@@ -274,7 +291,7 @@ def render_overlay(image2d: np.ndarray, findings: Sequence[Finding], *, title: s
     points = []
     for f in marks:
         # source pixel -> display pixel, centres aligned as in the resize
-        points.append(((f.keypoint.x + 0.5) * factor - 0.5, (f.keypoint.y + 0.5) * factor - 0.5))
+        points.append(((f.keypoint.x + 0.5) * factor - 0.5, (f.keypoint.y + 0.5) * fy - 0.5))
     # Rings and dots first, all of them, so that a label never hides another keypoint's dot.
     for f, (px, py) in zip(marks, points):
         colour = SEVERITY_COLOURS[severity_index(f)]
@@ -375,7 +392,7 @@ def overlay_images(result: StudyResult, slices: Mapping[Tuple[str, str], np.ndar
         present = maps.maps if isinstance(maps, SliceHeatmaps) else maps
         image = render_overlay(np.asarray(pixels), found, title=title, heatmap=maps if present is not None and
                                (not isinstance(present, Mapping) or present) else None, stride=stride,
-                               min_size=min_size)
+                               min_size=min_size, aspect=result.slice_aspects.get(key, 1.0))
         yield OverlayImage(key=key, label=label, title=title, findings=tuple(found), image=image)
 
 

@@ -234,6 +234,26 @@ def test_heatmap_of_a_turned_slice_lands_on_the_stored_pixel_it_was_read_at(tran
         heatmap_on_display(hm, (src_w, src_h), factor, stride=stride, box=box, orient=orient)
 
 
+def test_a_slice_of_non_square_pixels_is_shown_in_mm_proportions_with_its_marks_in_place():
+    result, _ = study()
+    found = [f for f in result.findings if f.condition == "spinal_canal_stenosis"]
+    img = phantom(200, 256)  # rows 1.25x as tall as columns are wide: a 250 x 256 mm-square slice
+    plain = render_overlay(img, found, min_size=512, legend=False)
+    square = render_overlay(img, found, min_size=512, legend=False, aspect=1.0)
+    assert np.array_equal(plain, square) and plain.shape[:2] == (400, 512)
+    tall = render_overlay(img, found, min_size=512, legend=False, aspect=1.25)
+    assert tall.shape[:2] == (500, 512)  # 200 rows x 2 x 1.25, 256 columns x 2
+    for f in found:
+        # each keypoint's dot: the severity colour at its display pixel, rows scaled by 2.5
+        x, y = (f.keypoint.x + 0.5) * 2 - 0.5, (f.keypoint.y + 0.5) * 2.5 - 0.5
+        if y < tall.shape[0]:
+            expected = SEVERITY_COLOURS[("Normal/Mild", "Moderate", "Severe").index(f.severity)]
+            assert tuple(tall[int(round(y)), int(round(x))]) == expected, f.level
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(InputError, match="pixel aspect"):
+            render_overlay(img, found, aspect=bad)
+
+
 def test_heatmap_overlay_changes_pixels_only_where_it_is_hot(tmp_path, png_reader):
     result, slices = study()
     key = (T2, "t2.8")
