@@ -202,6 +202,13 @@ def pixel_aspect(pixel_spacing: Optional[Sequence[float]], transpose: bool = Fal
     return 1.0 if abs(aspect - 1.0) < ASPECT_TOLERANCE else aspect
 
 
+def checked_aspect(aspect: float) -> float:
+    """``aspect`` (a pixel's height / width); raises :class:`InputError` unless a positive number."""
+    if not (math.isfinite(aspect) and aspect > 0):
+        raise InputError(f"the pixel aspect must be a positive number, got {aspect}")
+    return aspect
+
+
 def letterbox(image: np.ndarray, height: int, width: int, aspect: float = 1.0) -> Tuple[np.ndarray, Letterbox]:
     """Resize the last two axes of ``image`` into ``height`` x ``width`` keeping the slice's
     shape in millimetres: ``aspect`` is a pixel's height / width (:func:`pixel_aspect`), so a
@@ -214,9 +221,7 @@ def letterbox(image: np.ndarray, height: int, width: int, aspect: float = 1.0) -
     src_h, src_w = image.shape[-2:]
     if src_h < 1 or src_w < 1:
         raise InputError(f"cannot resize an empty image of shape {image.shape}")
-    if not (math.isfinite(aspect) and aspect > 0):
-        raise InputError(f"the pixel aspect must be a positive number, got {aspect}")
-    tall = src_h * aspect  # the slice's height in pixel widths
+    tall = src_h * checked_aspect(aspect)  # the slice's height in pixel widths
     scale = min(height / tall, width / src_w)
     new_h = max(1, min(height, int(round(tall * scale))))
     new_w = max(1, min(width, int(round(src_w * scale))))

@@ -435,10 +435,11 @@ def _colocated_sets(recs: List[HeaderRecord], normals) -> List[List[int]]:
     stations of a composed spine, are not one position.)"""
     out: List[List[int]] = []
     for n, members in _orientation_groups([normals[r.orientation] for r in recs]):
-        along = sorted(members, key=lambda i: float(np.dot(recs[i].position, n)))
+        at = {i: float(np.dot(recs[i].position, n)) for i in members}  # position along the normal
+        along = sorted(members, key=at.__getitem__)
         runs, run = [], [along[0]]
         for i in along[1:]:
-            if float(np.dot(recs[i].position, n)) - float(np.dot(recs[run[-1]].position, n)) > COLOCATED_MM:
+            if at[i] - at[run[-1]] > COLOCATED_MM:
                 runs.append(run)
                 run = []
             run.append(i)

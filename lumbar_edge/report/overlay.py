@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..labels import SEVERITIES, level_title
-from ..preprocess import letterbox, resize_bilinear, window
+from ..preprocess import checked_aspect, letterbox, resize_bilinear, window
 from ..results import NOT_FOR_CLINICAL_USE, Finding, SliceHeatmaps, StudyResult
 from ._io import safe_name
 from .png import (CELL_HEIGHT, blend, circle, colormap, draw_text, fill_circle, gray_to_rgb, line, shade_rect,
@@ -137,10 +137,10 @@ def heatmap_on_display(heatmap, source_shape: Tuple[int, int], factor: int, *, s
     turned = orient.shape if orient is not None else (src_h, src_w)
     if box is None:
         _, box = letterbox(np.zeros(turned, dtype=np.float32), hm.shape[0] * stride, hm.shape[1] * stride)
-    rows = src_h * factor if display_rows is None else int(display_rows)
-    disp = np.arange(rows, dtype=np.float64), np.arange(src_w * factor, dtype=np.float64)
+    disp_rows = src_h * factor if display_rows is None else int(display_rows)
+    disp = np.arange(disp_rows, dtype=np.float64), np.arange(src_w * factor, dtype=np.float64)
     # display pixel -> source pixel (the display is the source resized, centres aligned)
-    src_y, src_x = (disp[0] + 0.5) * src_h / rows - 0.5, (disp[1] + 0.5) / factor - 0.5
+    src_y, src_x = (disp[0] + 0.5) * src_h / disp_rows - 0.5, (disp[1] + 0.5) / factor - 0.5
     transpose = orient is not None and orient.transpose
     # Flips and quarter turns keep the axes separable: the turned slice's x comes from the
     # stored columns (rows when transposed), its y from the stored rows (columns).
@@ -236,8 +236,7 @@ def render_overlay(image2d: np.ndarray, findings: Sequence[Finding], *, title: s
     with the value.
     Raises :class:`InputError` for a slice that is not 2-D or a malformed heatmap.
     """
-    if not (math.isfinite(aspect) and aspect > 0):
-        raise InputError(f"the pixel aspect must be a positive number, got {aspect}")
+    checked_aspect(aspect)
     gray = window_to_uint8(image2d, low_pct, high_pct)
     src_h, src_w = gray.shape
     factor = display_factor(max(1, int(round(src_h * aspect))), src_w, min_size)
